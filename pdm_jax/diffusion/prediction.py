@@ -1,0 +1,86 @@
+"""Network parameterisations (epsilon, sample, v), their training targets and SNR loss weights."""
+
+import jax.numpy as jnp
+
+from pdm_jax.diffusion.forward import _check_batch, extract
+from pdm_jax.diffusion.schedules import Schedule
+
+PREDICTION_TYPES = ('epsilon', 'sample', 'v')
+WEIGHTINGS = ('uniform', 'min_snr')
+
+
+def _check_type(prediction_type: str) -> None:
+  if prediction_type not in PREDICTION_TYPES:
+    raise ValueError(f'Unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}.')
+
+
+def _coefficients(schedule: Schedule, t: jnp.ndarray, ndim: int):
+  return (extract(schedule.sqrt_alphas_cumprod, t, ndim),
+          extract(schedule.sqrt_one_minus_alphas_cumprod, t, ndim))
+
+
+def training_target(schedule: Schedule, x0: jnp.ndarray, noise: jnp.ndarray, t: jnp.ndarray,
+                    prediction_type: str) -> jnp.ndarray:
+  """What the network regresses: noise, x0, or v = sqrt(a_bar) noise - sqrt(1 - a_bar) x0; (N, H, W, C)."""
+  _check_type(prediction_type)
+  _check_batch(x0, t)
+  if prediction_type == 'epsilon':
+    return noise
+  if prediction_type == 'sample':
+    return x0
+  sqrt_ab, sqrt_one_minus_ab = _coefficients(schedule, t, x0.ndim)
+  return sqrt_ab * noise - sqrt_one_minus_ab * x0
+
+
+def to_epsilon(schedule: Schedule, model_output: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray,
+               prediction_type: str) -> jnp.ndarray:
+  """Converts a network output of `prediction_type` to the noise prediction; shapes (N, H, W, C)."""
+  _check_type(prediction_type)
+  _check_batch(x_t, t)
+  if prediction_type == 'epsilon':
+    return model_output
+  sqrt_ab, sqrt_one_minus_ab = _coefficients(schedule, t, x_t.ndim)
+  if prediction_type == 'sample':
+    return (x_t - sqrt_ab * model_output) / sqrt_one_minus_ab
+  # From x_t = sqrt_ab x0 + s eps and v = sqrt_ab eps - s x0 with sqrt_ab^2 + s^2 = 1.
+  return sqrt_one_minus_ab * x_t + sqrt_ab * model_output
+
+
+def to_x0(schedule: Schedule, model_output: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray,
+          prediction_type: str) -> jnp.ndarray:
+  """Converts a network output of `prediction_type` to the x0 prediction; shapes (N, H, W, C)."""
+  _check_type(prediction_type)
+  _check_batch(x_t, t)
+  if prediction_type == 'sample':
+    return model_output
+  sqrt_ab, sqrt_one_minus_ab = _coefficients(schedule, t, x_t.ndim)
+  if prediction_type == 'epsilon':
+    return (x_t - sqrt_one_minus_ab * model_output) / sqrt_ab
+  return sqrt_ab * x_t - sqrt_one_minus_ab * model_output
+
+
+def snr(schedule: Schedule, t: jnp.ndarray) -> jnp.ndarray:
+  """Signal-to-noise ratio a_bar_t / (1 - a_bar_t) at integer timesteps t (N,) -> (N,)."""
+  alphas_cumprod = extract(schedule.alphas_cumprod, t, 1)
+  return alphas_cumprod / (1.0 - alphas_cumprod)
+
+
+def loss_weights(schedule: Schedule, t: jnp.ndarray, weighting: str, prediction_type: str,
+                 snr_gamma: float = 5.0) -> jnp.ndarray:
+  """Per-example loss weights (N,): `uniform` ones, or `min_snr` (Hang et al. 2023) for the prediction type."""
+  _check_type(prediction_type)
+  if weighting not in WEIGHTINGS:
+    raise ValueError(f'Unknown weighting {weighting!r}; use one of {WEIGHTINGS}.')
+  if weighting == 'uniform':
+    return jnp.ones(jnp.shape(t), jnp.float32)
+  if snr_gamma <= 0:
+    raise ValueError(f'snr_gamma must be positive, got {snr_gamma}.')
+  ratio = snr(schedule, t)
+  clipped = jnp.minimum(ratio, snr_gamma)
+  # Min-SNR weights the x0-space error by min(snr, gamma); each parameterisation rescales
+  # its own loss to that: eps-MSE = snr * x0-MSE, v-MSE = (snr + 1) * x0-MSE.
+  if prediction_type == 'epsilon':
+    return clipped / ratio
+  if prediction_type == 'sample':
+    return clipped
+  return clipped / (ratio + 1.0)
