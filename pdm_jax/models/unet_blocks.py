@@ -1,0 +1,267 @@
+"""Building blocks of the diffusers-compatible UNet (NHWC, flax.linen).
+
+Submodule and parameter names follow diffusers' state-dict keys, with
+`name.<i>` written as `name_<i>`, so that weights map one to one.
+"""
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, freq_shift=0.0,
+                       max_period=10000.0):
+  """Sinusoidal embedding of timesteps (B,) -> (B, dim), float32."""
+  half = dim // 2
+  exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
+  freqs = jnp.exp(exponent / (half - freq_shift))
+  args = jnp.asarray(timesteps, jnp.float32)[:, None] * freqs[None, :]
+  sin, cos = jnp.sin(args), jnp.cos(args)
+  emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def conv3x3(features, dtype, name, stride=1, padding=((1, 1), (1, 1))):
+  """3x3 conv, explicit padding: (B, H, W, C) -> (B, H/stride, W/stride, features)."""
+  # Explicit symmetric padding: 'SAME' pads stride-2 convs asymmetrically,
+  # which would not match torch's padding=1.
+  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=padding,
+                 dtype=dtype, name=name)
+
+
+def group_norm(num_groups, eps, dtype, name):
+  """GroupNorm matching torch.nn.GroupNorm numerics; shape-preserving."""
+  # Two-pass variance, as torch computes it (the fast E[x^2]-E[x]^2 form
+  # loses precision and breaks parity).
+  return nn.GroupNorm(num_groups=num_groups, epsilon=eps, dtype=dtype,
+                      use_fast_variance=False, name=name)
+
+
+class TimestepEmbedding(nn.Module):
+  """Linear-SiLU-Linear MLP on the sinusoidal embedding: (B, D) -> (B, dim)."""
+  dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(self.dim, dtype=self.dtype, name='linear_1')(x)
+    return nn.Dense(self.dim, dtype=self.dtype, name='linear_2')(nn.silu(x))
+
+
+class ResnetBlock2D(nn.Module):
+  """GroupNorm-SiLU-conv, + time projection, GroupNorm-SiLU-dropout-conv, + skip.
+
+  (B, H, W, Cin), (B, T) -> (B, H, W, out_channels).
+  """
+  out_channels: int
+  norm_num_groups: int = 32
+  norm_eps: float = 1e-5
+  dropout: float = 0.0
+  output_scale_factor: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, train=False):
+    h = nn.silu(group_norm(self.norm_num_groups, self.norm_eps, self.dtype,
+                            'norm1')(x))
+    h = conv3x3(self.out_channels, self.dtype, 'conv1')(h)
+    temb = nn.Dense(self.out_channels, dtype=self.dtype,
+                    name='time_emb_proj')(nn.silu(temb))
+    h = h + temb[:, None, None, :]
+    h = nn.silu(group_norm(self.norm_num_groups, self.norm_eps, self.dtype,
+                            'norm2')(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = conv3x3(self.out_channels, self.dtype, 'conv2')(h)
+    if x.shape[-1] != self.out_channels:
+      x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype,
+                  name='conv_shortcut')(x)
+    return (x + h) / self.output_scale_factor
+
+
+def _multi_head_attention(q, k, v, num_heads):
+  """Scaled dot-product attention (B, Lq, E), (B, Lk, E) x2 -> (B, Lq, E)."""
+  b, lq, e = q.shape
+  head_dim = e // num_heads
+  split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, head_dim)
+  q, k, v = split(q), split(k), split(v)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(head_dim)
+  # Softmax in float32 (diffusers' upcast_softmax) even under bf16 compute.
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+  return out.reshape(b, lq, e)
+
+
+class SpatialSelfAttention(nn.Module):
+  """diffusers' Attention on a feature map: GroupNorm, MHSA, residual.
+
+  (B, H, W, C) -> (B, H, W, C); heads = C // attention_head_dim.
+  """
+  attention_head_dim: Optional[int] = 8
+  norm_num_groups: int = 32
+  norm_eps: float = 1e-5
+  output_scale_factor: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    head_dim = self.attention_head_dim or c  # None means a single head.
+    num_heads = c // head_dim
+    if num_heads < 1:
+      raise ValueError(f'attention_head_dim={head_dim} exceeds the {c} channels '
+                       'of an attention block: use a smaller attention_head_dim')
+    inner = num_heads * head_dim
+    tokens = group_norm(self.norm_num_groups, self.norm_eps, self.dtype,
+                         'group_norm')(x).reshape(b, h * w, c)
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)
+    q = dense(inner, 'to_q')(tokens)
+    k = dense(inner, 'to_k')(tokens)
+    v = dense(inner, 'to_v')(tokens)
+    out = dense(c, 'to_out_0')(_multi_head_attention(q, k, v, num_heads))
+    return (out.reshape(b, h, w, c) + x) / self.output_scale_factor
+
+
+class BottleneckCrossAttention(nn.Module):
+  """torch nn.MultiheadAttention from a feature map to context tokens, residual.
+
+  (B, H, W, C), context (B, N, D) -> (B, H, W, C); K/V are projected D -> C.
+  """
+  num_heads: int = 8
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context):
+    b, h, w, c = x.shape
+    if c % self.num_heads:
+      raise ValueError(f'bottleneck channels {c} are not divisible by '
+                       f'bottleneck_num_heads={self.num_heads}: pick a divisor')
+    query = x.reshape(b, h * w, c)
+    context = context.astype(self.dtype)
+    dense = lambda name: nn.Dense(c, dtype=self.dtype, name=name)
+    attn = _multi_head_attention(dense('q_proj')(query), dense('k_proj')(context),
+                                 dense('v_proj')(context), self.num_heads)
+    return x + dense('out_proj')(attn).reshape(b, h, w, c)
+
+
+class Downsample2D(nn.Module):
+  """3x3 stride-2 conv: (B, H, W, C) -> (B, H/2, W/2, C).
+
+  padding=1 pads each side by one (torch); 0 pads bottom/right only (old checkpoints).
+  """
+  channels: int
+  padding: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    pad = ((1, 1), (1, 1)) if self.padding == 1 else ((0, 1), (0, 1))
+    return conv3x3(self.channels, self.dtype, 'conv', stride=2, padding=pad)(x)
+
+
+class Upsample2D(nn.Module):
+  """Nearest-neighbour x2 then 3x3 conv: (B, H, W, C) -> (B, 2H, 2W, C)."""
+  channels: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return conv3x3(self.channels, self.dtype, 'conv')(x)
+
+
+class DownBlock(nn.Module):
+  """DownBlock2D / AttnDownBlock2D: resnets (+ attentions), then downsample.
+
+  Returns the output (B, H', W', C) and the tuple of skip tensors it produced.
+  """
+  out_channels: int
+  num_layers: int
+  add_attention: bool
+  add_downsample: bool
+  attention_head_dim: Optional[int] = 8
+  norm_num_groups: int = 32
+  norm_eps: float = 1e-5
+  dropout: float = 0.0
+  downsample_padding: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, train=False):
+    skips = []
+    for i in range(self.num_layers):
+      x = ResnetBlock2D(self.out_channels, self.norm_num_groups, self.norm_eps,
+                        self.dropout, dtype=self.dtype,
+                        name=f'resnets_{i}')(x, temb, train)
+      if self.add_attention:
+        x = SpatialSelfAttention(self.attention_head_dim, self.norm_num_groups,
+                                 self.norm_eps, dtype=self.dtype,
+                                 name=f'attentions_{i}')(x)
+      skips.append(x)
+    if self.add_downsample:
+      x = Downsample2D(self.out_channels, self.downsample_padding, self.dtype,
+                       name='downsamplers_0')(x)
+      skips.append(x)
+    return x, tuple(skips)
+
+
+class UpBlock(nn.Module):
+  """UpBlock2D / AttnUpBlock2D: concat a skip, resnet (+ attention); upsample.
+
+  (B, H, W, C), skips popped from the end -> (B, 2H, 2W, out_channels).
+  """
+  out_channels: int
+  num_layers: int
+  add_attention: bool
+  add_upsample: bool
+  attention_head_dim: Optional[int] = 8
+  norm_num_groups: int = 32
+  norm_eps: float = 1e-5
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, skips: Sequence[jax.Array], temb, train=False):
+    skips = list(skips)
+    for i in range(self.num_layers):
+      x = jnp.concatenate([x, skips.pop()], axis=-1)
+      x = ResnetBlock2D(self.out_channels, self.norm_num_groups, self.norm_eps,
+                        self.dropout, dtype=self.dtype,
+                        name=f'resnets_{i}')(x, temb, train)
+      if self.add_attention:
+        x = SpatialSelfAttention(self.attention_head_dim, self.norm_num_groups,
+                                 self.norm_eps, dtype=self.dtype,
+                                 name=f'attentions_{i}')(x)
+    if self.add_upsample:
+      x = Upsample2D(self.out_channels, self.dtype, name='upsamplers_0')(x)
+    return x
+
+
+class MidBlock(nn.Module):
+  """UNetMidBlock2D: resnet, (self-attention), resnet; shape-preserving."""
+  attention_head_dim: Optional[int] = 8
+  norm_num_groups: int = 32
+  attn_norm_num_groups: Optional[int] = None
+  norm_eps: float = 1e-5
+  dropout: float = 0.0
+  add_attention: bool = True
+  output_scale_factor: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, train=False):
+    c = x.shape[-1]
+    resnet = lambda name: ResnetBlock2D(
+        c, self.norm_num_groups, self.norm_eps, self.dropout,
+        self.output_scale_factor, self.dtype, name=name)
+    x = resnet('resnets_0')(x, temb, train)
+    if self.add_attention:
+      x = SpatialSelfAttention(
+          self.attention_head_dim,
+          self.attn_norm_num_groups or self.norm_num_groups, self.norm_eps,
+          self.output_scale_factor, self.dtype, name='attentions_0')(x)
+    return resnet('resnets_1')(x, temb, train)
