@@ -1,0 +1,118 @@
+"""A folder of images as process-local numpy batches: one sub-folder per class, or a flat folder without labels.
+
+The folder is data.data_dir. Files are listed once, put in a fixed pseudo-random order (so every host's slice
+mixes all classes) and split over hosts; images are read and decoded only after shuffling and skipping.
+"""
+
+import os
+import pathlib
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from pdm_jax.data import image_ops
+from pdm_jax.data import sharding
+from pdm_jax.data import types
+
+# Formats that tf.io.decode_image reads.
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
+
+
+def _images_in(folder: pathlib.Path, recursive: bool) -> list[pathlib.Path]:
+  """Sorted image files in folder (and below it if recursive), hidden files left out."""
+  found = folder.rglob('*') if recursive else folder.iterdir()
+  return sorted(path for path in found if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith('.') for part in path.relative_to(folder).parts))
+
+
+def list_images(root: str) -> tuple[list[str], np.ndarray | None, list[str]]:
+  """(sorted paths, int64 labels (N,) or None for a flat folder, class names) of the images under root."""
+  folder = pathlib.Path(root).expanduser()
+  if not folder.is_dir():
+    raise FileNotFoundError(f'image folder data.data_dir={root} does not exist: point it at a folder of images.')
+  class_folders = [child for child in sorted(folder.iterdir())
+                   if child.is_dir() and not child.name.startswith('.') and _images_in(child, recursive=True)]
+  loose = _images_in(folder, recursive=False)
+  if class_folders and loose:
+    raise ValueError(f'{root} holds both images and class sub-folders: move the {len(loose)} loose images '
+                     'into a class folder, or use a folder of only images.')
+  if not class_folders:
+    if not loose:
+      raise ValueError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {root}: put images there, or one '
+                       'sub-folder of images per class.')
+    return [str(path) for path in loose], None, []
+  paths, labels = [], []
+  for label, class_folder in enumerate(class_folders):
+    members = _images_in(class_folder, recursive=True)
+    paths.extend(str(path) for path in members)
+    labels.extend([label] * len(members))
+  return paths, np.array(labels, np.int64), [class_folder.name for class_folder in class_folders]
+
+
+def check_sizes(paths: list[str], image_size: int) -> None:
+  """Raises a ValueError unless every image is image_size x image_size (reads file headers only)."""
+  sizes = {}
+  for path in paths:
+    with Image.open(path) as image:
+      sizes.setdefault(image.size, path)
+    if len(sizes) > 1:
+      examples = ', '.join(f'{os.path.basename(p)} {w}x{h}' for (w, h), p in sizes.items())
+      raise ValueError(f'images of mixed sizes ({examples}) and data.resize_mode=\'none\': set '
+                       "data.resize_mode='center_crop' or 'squash'.")
+  ((width, height),) = sizes.keys()
+  if (width, height) != (image_size, image_size):
+    raise ValueError(f'images are {width}x{height}, not data.image_size={image_size}: set data.image_size to '
+                     "match, or data.resize_mode='center_crop' or 'squash'.")
+
+
+def build(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int, start_step: int = 0,
+          process_index: int = 0, process_count: int = 1, train: bool = True
+          ) -> tuple[types.DatasetInfo, types.BatchIterator]:
+  """An image folder -> (DatasetInfo, iterator of {'image': (B/n, H, W, C) float32, 'label': (B/n,) int32}).
+
+  Same contract as tfds_pipeline.build: endless seeded training batches that resume at start_step, or one
+  ordered pass without flips for train=False; labels are the sorted class sub-folders.
+  """
+  root = data_config.get('data_dir', None)
+  if not root:
+    raise ValueError("data.name='image_folder' needs data.data_dir=/path/to/images.")
+  image_size = int(data_config.image_size)
+  num_channels = int(data_config.get('num_channels', None) or 3)
+  use_labels = bool(data_config.get('use_labels', False))
+  local_batch_size = types.local_batch_size(global_batch_size, process_count)
+  sharding.host_bounds(0, process_index, process_count)  # validates the host numbering before any listing
+  resize_mode = image_ops.check_resize_mode(data_config.get('resize_mode', None) or 'none')
+
+  paths, labels, class_names = list_images(root)
+  if use_labels and labels is None:
+    raise ValueError(f's-PDM needs labels: {root} is a flat folder; put each class in its own sub-folder, or '
+                     'set data.use_labels=False (PDM).')
+  if resize_mode == 'none':
+    check_sizes(paths, image_size)
+
+  # A fixed order mixing the classes, whatever the run's seed: the same files land on the same host every run.
+  order = np.random.default_rng(0).permutation(len(paths))
+  start, stop = sharding.host_bounds(len(paths), process_index, process_count)
+  mine = order[start:stop]
+  examples = {'path': np.array(paths, dtype=object)[mine]}
+  if use_labels:
+    examples['label'] = labels[mine]
+  examples = tf.data.Dataset.from_tensor_slices(examples)
+
+  def preprocess(example, flip_seed):
+    batch = {'image': image_ops.preprocess(tf.io.read_file(example['path']), image_size=image_size,
+                                           num_channels=num_channels, resize_mode=resize_mode, flip_seed=flip_seed)}
+    if use_labels:
+      batch['label'] = tf.cast(example['label'], tf.int32)
+    return batch
+
+  stream = sharding.batched_stream(
+      examples, len(mine), preprocess, local_batch_size=local_batch_size, seed=seed, start_step=start_step,
+      train=train, process_index=process_index, random_flip=bool(data_config.get('random_flip', True)),
+      # Only file names wait in the buffer, so a whole-epoch buffer (a perfect shuffle) costs little.
+      shuffle_buffer=len(mine))
+  info = types.DatasetInfo(name=data_config.name, image_size=image_size, num_channels=num_channels,
+                           num_classes=len(class_names) if labels is not None else None, num_examples=len(paths))
+  return info, stream.as_numpy_iterator()

@@ -1,0 +1,54 @@
+"""Downloads and prepares a tfds dataset ahead of training, for clusters whose compute nodes have no internet.
+
+Run on a machine with internet, then copy --data_dir to the cluster and set data.data_dir (or TFDS_DATA_DIR) there:
+  python scripts/prepare_data.py --dataset=cifar10 --data_dir=/data/tfds
+  python scripts/prepare_data.py --dataset=tiny_imagenet --data_dir=/data/tfds --manual_dir=/downloads
+With --manual_dir holding tiny-imagenet-200.zip, Tiny ImageNet is prepared without internet. CelebA downloads from
+Google Drive, which may refuse when busy: retry later, or see the tfds celeb_a page for a manual copy.
+"""
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+from pdm_jax.data import datasets  # pylint: disable=g-import-not-at-top
+from pdm_jax.data import tfds_pipeline  # pylint: disable=g-import-not-at-top
+
+
+def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None) -> str:
+  """Prepares dataset `name` under data_dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets); returns its path."""
+  spec = datasets.get_spec(name)
+  if not spec.builder_module and importlib.util.find_spec('importlib_resources') is None:
+    # tfds 4.9 looks up its builders' checksums through it, and recent etils no longer pulls it in.
+    raise ValueError('tfds needs the importlib_resources package to prepare datasets: pip install '
+                     'importlib_resources, then run this again.')
+  data_dir = tfds_pipeline.resolve_data_dir(data_dir)
+  builder = tfds_pipeline.open_builder(spec, data_dir)
+  if not builder.is_prepared():
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return str(builder.data_dir)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """Parses the flags and prepares one dataset; exits with status 2 and a one-line reason on bad input."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--dataset', required=True, help=f'one of {", ".join(datasets.SPECS)}')
+  parser.add_argument('--data_dir', default=None, help='tfds root to write (default: $TFDS_DATA_DIR or '
+                      '~/tensorflow_datasets)')
+  parser.add_argument('--manual_dir', default=None, help='folder holding archives downloaded by hand')
+  args = parser.parse_args(argv)
+  try:
+    path = prepare(args.dataset, args.data_dir, args.manual_dir)
+  except ValueError as error:
+    parser.exit(2, f'prepare_data.py: {error}\n')
+  print(f'{args.dataset} is ready in {path}')
+
+
+if __name__ == '__main__':
+  main()
