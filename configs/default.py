@@ -14,12 +14,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Model: 'pdm' (unsupervised prototypes), 'spdm' (one prototype per class) or 'ddpm' (no conditioning).
   config.model = ml_collections.ConfigDict()
   config.model.type = 'spdm'
-  config.model.block_out_channels = (64, 128, 128)
+  config.model.block_out_channels = (32, 64, 64)
   config.model.layers_per_block = 1
   config.model.down_block_types = ('DownBlock2D', 'AttnDownBlock2D', 'DownBlock2D')
   config.model.up_block_types = ('UpBlock2D', 'AttnUpBlock2D', 'UpBlock2D')
   config.model.attention_head_dim = 8
-  config.model.norm_num_groups = 32
+  config.model.norm_num_groups = 8
   config.model.dropout = 0.0
   config.model.bottleneck_num_heads = 8
   # Prototype memory (pdm / spdm). For spdm num_prototypes is the number of classes.

@@ -28,11 +28,14 @@ class FeatureEncoder(nn.Module):
     widths = _ENCODER_WIDTHS[:depth - 1] + (self.feature_dim,)
     x = images
     for i, width in enumerate(widths):
-      # Explicit padding 1 matches torch's Conv2d(k=4, s=2, p=1): 'SAME' would pad asymmetrically.
-      x = nn.Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name=f'conv_{i}')(x)
+      normed = 0 < i < len(widths) - 1
+      # Explicit padding 1 matches torch's Conv2d(k=4, s=2, p=1): 'SAME' would pad asymmetrically. A bias
+      # before BatchNorm is cancelled by it (the reference keeps one): its gradient is pure rounding noise.
+      x = nn.Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=not normed,
+                  name=f'conv_{i}')(x)
       if i == len(widths) - 1:
         break
-      if i > 0:
+      if normed:
         # torch BatchNorm2d(momentum=0.1) keeps 0.9 of the old running statistics.
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f'bn_{i}')(x)
       x = nn.relu(x)

@@ -1,0 +1,79 @@
+"""Entry points behind main.py: train (then sample), or sample from the latest checkpoint."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from pdm_jax import data
+from pdm_jax import image_grid
+from pdm_jax.training import generate
+from pdm_jax.training import loop
+
+MODES = ('train', 'sample')
+
+
+def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = 'final') -> dict:
+  """Samples config.sample.num_samples images and writes <workdir>/samples/<tag>.npz, .png (and a report)."""
+  config = experiment.config
+  step = int(jax.device_get(state.step))
+  rng = jax.random.fold_in(loop.run_keys(config.seed)['sample'], step)
+  variables = generate.sampling_variables(state, config.sample.use_ema)
+  images, ids = generate.generate(experiment.model, variables, experiment.schedule, config,
+                                  experiment.image_shape, rng, experiment.mesh)
+  images = image_grid.to_uint8(images)
+  report: dict = dict(step=step, num_samples=len(images), method=config.sample.method,
+                      num_steps=config.sample.num_steps or config.diffusion.num_timesteps)
+  if jax.process_index() != 0:
+    return report
+  out_dir = os.path.join(workdir, 'samples')
+  os.makedirs(out_dir, exist_ok=True)
+  arrays = {'images': images}
+  class_conditional = generate.is_class_conditional(experiment.model)
+  if ids is not None:
+    arrays['labels' if class_conditional else 'prototype_ids'] = ids
+  np.savez_compressed(os.path.join(out_dir, f'{tag}.npz'), **arrays)
+  grid = image_grid.make_grid(images, ids if class_conditional else None)
+  image_grid.save_png(os.path.join(out_dir, f'{tag}.png'), grid)
+  if config.data.name == 'digits':
+    from pdm_jax.evaluation import digits_classifier  # sklearn-only; digits runs have it
+    digits = digits_classifier.digits_report(images, ids if class_conditional else None)
+    report.update(digits)
+    logging.info('Digits check of %d samples: %s', len(images), json.dumps(digits))
+  with open(os.path.join(out_dir, f'{tag}_report.json'), 'w') as f:
+    json.dump(report, f, indent=1, default=lambda v: np.asarray(v).tolist())
+  logging.info('Wrote %d samples to %s', len(images), os.path.join(out_dir, f'{tag}.npz'))
+  return report
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming when workdir has checkpoints), then writes the final samples."""
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  experiment, state = loop.train(config, workdir, writer=writer)
+  report = write_samples(experiment, state, workdir)
+  grid = image_grid.make_grid(np.load(os.path.join(workdir, 'samples', 'final.npz'))['images'][:100]) \
+      if jax.process_index() == 0 else None
+  if grid is not None:
+    writer.write_images(int(jax.device_get(state.step)), {'samples': grid[None]})
+  writer.write_scalars(int(jax.device_get(state.step)),
+                       {f'samples/{k}': v for k, v in report.items() if isinstance(v, (int, float))})
+  writer.close()
+  experiment.checkpointer.close()
+  return report
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Writes samples from the latest checkpoint in workdir with the configured sampler."""
+  info, _ = data.build(config.data, global_batch_size=config.train.batch_size, seed=config.seed, train=False)
+  experiment = loop.build_experiment(config, workdir, info)
+  if experiment.checkpointer.latest_step() is None:
+    raise FileNotFoundError(f'No checkpoint in {experiment.checkpointer.directory}: train first with '
+                            '--mode=train and the same --workdir.')
+  state = loop.initial_state(experiment)
+  report = write_samples(experiment, state, workdir)
+  experiment.checkpointer.close()
+  return report

@@ -1,0 +1,84 @@
+"""Orbax checkpoints in <workdir>/checkpoints: periodic, last k kept, resumed automatically, model-checked."""
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+SIGNATURE_FILE = 'model_signature.json'
+
+
+def model_signature(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+                    num_prototypes: int) -> dict[str, Any]:
+  """The config fields that fix the parameter shapes; a checkpoint only fits a run with the same ones."""
+  model = config.model
+  return dict(
+      model_type=model.type,
+      block_out_channels=list(model.block_out_channels),
+      layers_per_block=model.layers_per_block,
+      down_block_types=list(model.down_block_types),
+      up_block_types=list(model.up_block_types),
+      attention_head_dim=model.attention_head_dim,
+      norm_num_groups=model.norm_num_groups,
+      num_prototypes=num_prototypes,
+      prototype_dim=model.prototype_dim,
+      image_shape=list(image_shape),
+      num_timesteps=config.diffusion.num_timesteps,
+      prediction_type=config.diffusion.prediction_type)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint directory that cannot serve this run; the message says what to change."""
+
+
+class Checkpointer:
+  """Saves every `every` steps and at the end, keeps the newest `keep`, restores the latest."""
+
+  def __init__(self, workdir: str, every: int, keep: int):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    """The newest complete checkpoint's step, or None for a fresh workdir."""
+    return self.manager.latest_step()
+
+  def check_signature(self, signature: dict[str, Any]) -> None:
+    """Records the model signature on first use; refuses a directory written by a different model."""
+    path = os.path.join(self.directory, SIGNATURE_FILE)
+    if not os.path.exists(path):
+      if jax.process_index() == 0:
+        with open(path, 'w') as f:
+          json.dump(signature, f, indent=1)
+      return
+    with open(path) as f:
+      saved = json.load(f)
+    diffs = [f'{key}: saved {saved.get(key)!r}, now {value!r}' for key, value in signature.items()
+             if saved.get(key) != value]
+    if diffs:
+      raise CheckpointError(f'{self.directory} holds checkpoints of a different model ({"; ".join(diffs)}): '
+                            'use a new --workdir, or the config those checkpoints were trained with.')
+
+  def restore(self, step: int, target: Any) -> Any:
+    """Restores checkpoint `step` into the structure, dtypes and shardings of `target`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises many types; the user needs one sentence and the path
+      raise CheckpointError(
+          f'checkpoint {step} in {self.directory} could not be restored ({type(e).__name__}: '
+          f'{str(e).splitlines()[0][:200] if str(e) else ""}); move that step directory aside to resume from '
+          'an earlier one, or use a new --workdir.') from e
+
+  def save(self, step: int, state: Any, force: bool = False) -> bool:
+    """Saves `state` as checkpoint `step` when the interval says so (or `force`); returns whether it did."""
+    return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def close(self) -> None:
+    """Waits for pending asynchronous writes and releases the manager."""
+    self.manager.wait_until_finished()
+    self.manager.close()

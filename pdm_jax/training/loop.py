@@ -1,0 +1,180 @@
+"""The training loop: mesh, input, model, state, restore, compiled step, metrics, checkpoints."""
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+
+from pdm_jax import data
+from pdm_jax import diffusion
+from pdm_jax.models import factory
+from pdm_jax.training import checkpoints
+from pdm_jax.training import optimizer
+from pdm_jax.training import sharding
+from pdm_jax.training import state as state_lib
+from pdm_jax.training import train_step as train_step_lib
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What the loop and the samplers share: the built model and its context."""
+  config: ml_collections.ConfigDict
+  model: Any
+  schedule: diffusion.Schedule
+  info: data.DatasetInfo
+  mesh: Any
+  checkpointer: checkpoints.Checkpointer
+  tx: Any
+  learning_rate_fn: Any
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.info.image_size, self.info.image_size, self.info.num_channels)
+
+
+def run_keys(seed: int) -> dict[str, jax.Array]:
+  """Independent keys for init, training and sampling, all derived from the config seed."""
+  init, train, sample = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return dict(init=init, train=train, sample=sample)
+
+
+def build_experiment(config: ml_collections.ConfigDict, workdir: str, info: data.DatasetInfo,
+                     mesh=None) -> Experiment:
+  """Model, schedule, optimizer and checkpointer for `config` on data described by `info`."""
+  mesh = sharding.data_mesh() if mesh is None else mesh
+  model = factory.build_model(config.model, image_size=info.image_size, num_channels=info.num_channels,
+                              num_classes=info.num_classes)
+  schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
+                                     config.diffusion.beta_start, config.diffusion.beta_end)
+  checkpointer = checkpoints.Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
+  return Experiment(config=config, model=model, schedule=schedule, info=info, mesh=mesh, checkpointer=checkpointer,
+                    tx=optimizer.make_optimizer(config.train),
+                    learning_rate_fn=optimizer.learning_rate_schedule(config.train))
+
+
+def initial_state(experiment: Experiment) -> state_lib.TrainState:
+  """A fresh replicated TrainState, or the latest checkpoint's when the workdir has one."""
+  keys = run_keys(experiment.config.seed)
+  replicated = sharding.replicated(experiment.mesh)
+  init = jax.jit(lambda: state_lib.create_train_state(experiment.model, experiment.tx, keys['init'], keys['train'],
+                                                      experiment.image_shape), out_shardings=replicated)
+  state = init()
+  experiment.checkpointer.check_signature(checkpoints.model_signature(
+      experiment.config, experiment.image_shape, experiment.model.num_prototypes))
+  latest = experiment.checkpointer.latest_step()
+  if latest is not None:
+    logging.info('Resuming from checkpoint %d in %s', latest, experiment.checkpointer.directory)
+    state = experiment.checkpointer.restore(latest, state)
+  return state
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM (how schedulers preempt) so the loop can save and stop between steps."""
+
+  def __init__(self):
+    self.raised = False
+    try:
+      signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (some test runners): no preemption handling there
+      pass
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+
+def _format_seconds(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  return f'{minutes}m{seconds:02d}s'
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
+          writer: Optional[metric_writers.MetricWriter] = None) -> tuple[Experiment, state_lib.TrainState]:
+  """Trains to config.train.num_steps from the latest checkpoint in workdir; returns the final state."""
+  mesh = sharding.data_mesh() if mesh is None else mesh
+  sharding.check_batch_divides(config.train.batch_size, mesh)
+  own_writer = writer is None
+  if own_writer:
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+  # Input: built after reading the latest step, so a resumed run continues with the data it would have seen.
+  probe = checkpoints.Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
+  start_step = probe.latest_step() or 0
+  probe.close()
+  info, batches = data.build(config.data, global_batch_size=config.train.batch_size, seed=config.seed,
+                             start_step=start_step, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+
+  experiment = build_experiment(config, workdir, info, mesh)
+  state = initial_state(experiment)
+  start_step = int(jax.device_get(state.step))
+  num_steps = config.train.num_steps
+  if start_step == 0:
+    logging.info('Parameters: %d (EMA kept, decay %.4f); devices: %d; global batch %d',
+                 state_lib.count_parameters(state.params), config.train.ema_decay, mesh.size,
+                 config.train.batch_size)
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+
+  step_fn = train_step_lib.make_train_step(experiment.model, experiment.tx, experiment.schedule, config,
+                                           experiment.learning_rate_fn, mesh)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                                    every_steps=config.train.log_every)
+  preemption = _PreemptionFlag()
+  pending: list[dict[str, jax.Array]] = []
+  window_start, window_step = time.time(), start_step
+  step = start_step
+  while step < num_steps:
+    batch = sharding.global_batch(next(batches), mesh)
+    state, metrics = step_fn(state, batch)
+    step += 1
+    pending.append(metrics)
+    report_progress(step)
+
+    if step % config.train.log_every == 0 or step == num_steps:
+      averaged = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+      pending = []
+      if not np.isfinite(averaged['loss']):
+        raise FloatingPointError(
+            f'loss became {averaged["loss"]} by step {step}: lower train.learning_rate or check the data; '
+            f'checkpoint {experiment.checkpointer.latest_step()} in {experiment.checkpointer.directory} is intact.')
+      elapsed = time.time() - window_start
+      steps_per_second = (step - window_step) / max(elapsed, 1e-9)
+      window_start, window_step = time.time(), step
+      averaged['steps_per_second'] = steps_per_second
+      writer.write_scalars(step, averaged)
+      extras = ''.join(f' {k} {averaged[k]:.4f}' for k in ('diffusion_loss', 'prototype_loss', 'prototypes_used',
+                                                            'prototype_accuracy') if k in averaged)
+      logging.info('step %d/%d loss %.4f%s | %.2f steps/s ETA %s', step, num_steps, averaged['loss'], extras,
+                   steps_per_second, _format_seconds((num_steps - step) / max(steps_per_second, 1e-9)))
+
+    experiment.checkpointer.save(step, state, force=step == num_steps)
+    if preemption.raised:
+      experiment.checkpointer.save(step, state, force=True)
+      experiment.checkpointer.close()
+      raise SystemExit(f'Preempted (SIGTERM) at step {step}: checkpoint saved; rerun the same command to resume.')
+
+  experiment.checkpointer.manager.wait_until_finished()
+  writer.flush()
+  if own_writer:
+    writer.close()
+  return experiment, state
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+  """Nested config dict -> {'a.b': scalar-or-str} for the hparams writer."""
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(_flatten(value, name + '.'))
+    else:
+      flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat
