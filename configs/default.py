@@ -50,6 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.random_flip = False
   config.data.use_labels = True
   config.data.shuffle_buffer = 10_000
+  # Dataset-specific choices (see pdm_jax/data/datasets.py); None means the reference's default.
+  config.data.attribute = ml_collections.FieldReference(None, field_type=str)  # CelebA label, default 'Male'
+  config.data.examples_per_class = ml_collections.FieldReference(None, field_type=int)  # balanced subset; 0: all
+  config.data.subset_seed = 0
+  config.data.resize_mode = ml_collections.FieldReference(None, field_type=str)  # none / squash / center_crop
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128  # global, split over all devices

@@ -1,0 +1,11 @@
+"""s-PDM (one prototype per class) on CIFAR-10, with the reference's hyperparameters (see configs/paper.py).
+
+Prepare the data once (needs internet): python scripts/prepare_data.py --dataset=cifar10 --data_dir=DATA
+Run: python main.py --config=configs/cifar10_spdm.py --workdir=workdirs/cifar10_spdm --config.data.data_dir=DATA
+"""
+
+from configs import paper
+
+
+def get_config():
+  return paper.get_config('cifar10', 'spdm')

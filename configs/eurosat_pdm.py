@@ -1,0 +1,11 @@
+"""PDM (unsupervised prototypes) on EuroSAT, with the reference's hyperparameters (see configs/paper.py).
+
+Prepare the data once (needs internet): python scripts/prepare_data.py --dataset=eurosat/rgb --data_dir=DATA
+Run: python main.py --config=configs/eurosat_pdm.py --workdir=workdirs/eurosat_pdm --config.data.data_dir=DATA
+"""
+
+from configs import paper
+
+
+def get_config():
+  return paper.get_config('eurosat/rgb', 'pdm')

@@ -1,0 +1,11 @@
+"""PDM (unsupervised prototypes) on Tiny ImageNet, with the reference's hyperparameters (see configs/paper.py).
+
+Prepare the data once (needs internet): python scripts/prepare_data.py --dataset=tiny_imagenet --data_dir=DATA
+Run: python main.py --config=configs/tiny_imagenet_pdm.py --workdir=workdirs/tiny_imagenet_pdm --config.data.data_dir=DATA
+"""
+
+from configs import paper
+
+
+def get_config():
+  return paper.get_config('tiny_imagenet', 'pdm')

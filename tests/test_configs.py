@@ -1,0 +1,57 @@
+"""Every experiment config: loads, documents its run command, and trains one step (tiny model, mock data)."""
+
+import glob
+import importlib
+import os
+
+import pytest
+import tensorflow_datasets as tfds
+
+from pdm_jax.training import loop
+from tests.conftest import REPO
+from tests.conftest import tiny_config
+
+CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
+                      if not os.path.basename(p).startswith('_') and os.path.basename(p) != 'paper.py')
+DATASET_CONFIGS = [name for name in CONFIG_FILES if not name.startswith(('digits', 'default'))]
+
+
+def _load(name):
+  return importlib.import_module(f'configs.{name}').get_config()
+
+
+@pytest.mark.parametrize('name', CONFIG_FILES)
+def test_config_docstring_carries_its_run_command(name):
+  module = importlib.import_module(f'configs.{name}')
+  assert f'python main.py --config=configs/{name}.py' in module.__doc__
+  config = module.get_config()
+  assert config.model.type in ('pdm', 'spdm', 'ddpm', 'cddpm')
+
+
+def test_dataset_configs_cover_five_datasets_and_both_methods():
+  assert len(DATASET_CONFIGS) == 10
+  for name in DATASET_CONFIGS:
+    config = _load(name)
+    assert config.model.type == name.rsplit('_', 1)[1]
+    assert config.diffusion.num_timesteps == (2000 if config.model.type == 'pdm' else 1000)
+    assert config.train.batch_size == 64 and config.train.learning_rate == 1e-4
+    assert tuple(config.model.block_out_channels) == (128, 256, 256, 256)
+
+
+@pytest.mark.parametrize('name', DATASET_CONFIGS)
+def test_one_train_step_on_mock_data(name, tmp_path):
+  config = _load(name)
+  tiny = tiny_config(config.model.type)
+  # Keep the dataset settings, shrink everything that costs compile time.
+  config.model = tiny.model
+  config.model.type = _load(name).model.type
+  config.diffusion.num_timesteps = 50
+  config.train = tiny.train
+  config.train.batch_size = 4
+  config.train.num_steps = 1
+  config.data.image_size = min(config.data.image_size, 32)
+  config.data.examples_per_class = 0  # random mock examples cannot fill a balanced subset
+  with tfds.testing.mock_data(num_examples=8):
+    _, state = loop.train(config, str(tmp_path))
+  assert int(state.step) == 1
+  assert os.path.isdir(tmp_path / 'checkpoints' / '1')
