@@ -56,3 +56,20 @@ def test_bad_input(setup):
     diffusion.loss_weights(schedule, t, 'p2', 'epsilon')
   with pytest.raises(ValueError, match='positive'):
     diffusion.loss_weights(schedule, t, 'min_snr', 'epsilon', snr_gamma=0.0)
+
+
+def test_float_timesteps_interpolate_and_data_end_is_finite(setup):
+  schedule, x0, noise, _, _ = setup
+  t_int = np.array([0, 20, 120, 180], np.int32)
+  x_t = diffusion.q_sample(schedule, x0, t_int, noise)
+  for prediction_type in diffusion.PREDICTION_TYPES:
+    target = diffusion.training_target(schedule, x0, noise, t_int, prediction_type)
+    from_int = diffusion.to_epsilon(schedule, target, x_t, t_int, prediction_type)
+    from_float = diffusion.to_epsilon(schedule, target, x_t, t_int.astype(np.float32), prediction_type)
+    np.testing.assert_allclose(from_float, from_int, rtol=1e-3, atol=1e-3)
+  # Continuous solvers evaluate at t = -1 (alpha_bar = 1): x-prediction must not give 0/0 there.
+  eps = diffusion.to_epsilon(schedule, x0, x0, np.full((4,), -1.0, np.float32), 'sample')
+  np.testing.assert_array_equal(eps, 0.0)
+  between = float(diffusion.snr(schedule, np.array([10.5], np.float32))[0])
+  low, high = np.asarray(diffusion.snr(schedule, np.array([11, 10])))
+  assert low < between < high

@@ -1,5 +1,9 @@
 """Discrete diffusion: schedules, the forward process, prediction types and loss weights."""
 
+from pdm_jax.diffusion.continuous_time import alphas_cumprod_at
+from pdm_jax.diffusion.continuous_time import alphas_cumprod_like
+from pdm_jax.diffusion.continuous_time import sigma_at
+from pdm_jax.diffusion.continuous_time import timestep_at_sigma
 from pdm_jax.diffusion.forward import extract
 from pdm_jax.diffusion.forward import posterior_mean_variance
 from pdm_jax.diffusion.forward import predict_eps_from_x0

@@ -2,7 +2,8 @@
 
 import jax.numpy as jnp
 
-from pdm_jax.diffusion.forward import _check_batch, extract
+from pdm_jax.diffusion.continuous_time import alphas_cumprod_at
+from pdm_jax.diffusion.forward import _check_batch
 from pdm_jax.diffusion.schedules import Schedule
 
 PREDICTION_TYPES = ('epsilon', 'sample', 'v')
@@ -15,8 +16,9 @@ def _check_type(prediction_type: str) -> None:
 
 
 def _coefficients(schedule: Schedule, t: jnp.ndarray, ndim: int):
-  return (extract(schedule.sqrt_alphas_cumprod, t, ndim),
-          extract(schedule.sqrt_one_minus_alphas_cumprod, t, ndim))
+  # Float t (continuous solvers) is interpolated; integer t reads the table.
+  alpha_bar = alphas_cumprod_at(schedule, t).reshape((-1,) + (1,) * (ndim - 1))
+  return jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
 
 
 def training_target(schedule: Schedule, x0: jnp.ndarray, noise: jnp.ndarray, t: jnp.ndarray,
@@ -41,7 +43,9 @@ def to_epsilon(schedule: Schedule, model_output: jnp.ndarray, x_t: jnp.ndarray, 
     return model_output
   sqrt_ab, sqrt_one_minus_ab = _coefficients(schedule, t, x_t.ndim)
   if prediction_type == 'sample':
-    return (x_t - sqrt_ab * model_output) / sqrt_one_minus_ab
+    # At t = -1 (alpha_bar = 1, reached by ODE solvers) eps is 0/0; its limit -sigma * score is 0.
+    noisy = sqrt_one_minus_ab > 0
+    return jnp.where(noisy, (x_t - sqrt_ab * model_output) / jnp.where(noisy, sqrt_one_minus_ab, 1.0), 0.0)
   # From x_t = sqrt_ab x0 + s eps and v = sqrt_ab eps - s x0 with sqrt_ab^2 + s^2 = 1.
   return sqrt_one_minus_ab * x_t + sqrt_ab * model_output
 
@@ -60,8 +64,10 @@ def to_x0(schedule: Schedule, model_output: jnp.ndarray, x_t: jnp.ndarray, t: jn
 
 
 def snr(schedule: Schedule, t: jnp.ndarray) -> jnp.ndarray:
-  """Signal-to-noise ratio a_bar_t / (1 - a_bar_t) at integer timesteps t (N,) -> (N,)."""
-  alphas_cumprod = extract(schedule.alphas_cumprod, t, 1)
+  """Signal-to-noise ratio a_bar_t / (1 - a_bar_t) at timesteps t (N,) -> (N,) (float t interpolated)."""
+  if jnp.ndim(t) != 1:
+    raise ValueError(f't must have shape (N,), got {jnp.shape(t)}.')
+  alphas_cumprod = alphas_cumprod_at(schedule, t)
   return alphas_cumprod / (1.0 - alphas_cumprod)
 
 
