@@ -25,7 +25,15 @@ flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietLibraries:
+  """Drops INFO lines from Orbax (dozens per checkpoint) so the progress lines stay readable."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+
+
 def main(argv):
+  logging.get_absl_logger().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.distributed:

@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Model: 'pdm' (unsupervised prototypes), 'spdm' (one prototype per class) or 'ddpm' (no conditioning).
   config.model = ml_collections.ConfigDict()
   config.model.type = 'spdm'
-  config.model.block_out_channels = (32, 64, 64)
+  config.model.block_out_channels = (16, 32, 32)
   config.model.layers_per_block = 1
   config.model.down_block_types = ('DownBlock2D', 'AttnDownBlock2D', 'DownBlock2D')
   config.model.up_block_types = ('UpBlock2D', 'AttnUpBlock2D', 'UpBlock2D')
@@ -58,9 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128  # global, split over all devices
-  config.train.num_steps = 3000
+  config.train.num_steps = 2500
   config.train.learning_rate = 2e-3
-  config.train.warmup_steps = 200
+  config.train.warmup_steps = 100
   config.train.end_learning_rate_factor = 0.05
   config.train.weight_decay = 0.0
   config.train.grad_clip_norm = 1.0

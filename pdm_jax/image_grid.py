@@ -29,7 +29,7 @@ def make_grid(images: np.ndarray, labels: Optional[np.ndarray] = None, columns: 
   return grid
 
 
-def save_png(path: str, grid: np.ndarray, min_size: int = 256) -> None:
+def save_png(path: str, grid: np.ndarray, min_size: int = 512) -> None:
   """Writes a grid as PNG, enlarged by an integer nearest-neighbour factor so small images stay visible."""
   scale = max(1, min_size // max(grid.shape[:2]))
   image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
