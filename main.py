@@ -1,4 +1,4 @@
-"""pdm-jax command line: python main.py --config=configs/<name>.py --workdir=DIR [--mode=train|sample].
+"""pdm-jax command line: python main.py --config=configs/<name>.py --workdir=DIR [--mode=train|sample|eval].
 
 Any config field can be overridden, e.g. --config.train.num_steps=100 --config.sample.method=ddim.
 """
@@ -20,7 +20,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, checkpoints.CheckpointError)
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples (resumed if it exists).')
-flags.DEFINE_enum('mode', 'train', run.MODES, 'train: train (resuming) then sample; sample: latest checkpoint.')
+flags.DEFINE_enum('mode', 'train', run.MODES, 'train: train (resuming) then sample; sample: latest checkpoint; '
+                  'eval: FID / KID / IS of the latest checkpoint.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first (multi-host clusters).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -33,7 +34,7 @@ class _QuietLibraries:
 
 
 def main(argv):
-  logging.get_absl_logger().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.distributed:
@@ -43,8 +44,10 @@ def main(argv):
   try:
     if FLAGS.mode == 'train':
       run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
+    elif FLAGS.mode == 'sample':
       run.sample(FLAGS.config, FLAGS.workdir)
+    else:
+      run.evaluate(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
     logging.debug('Full traceback:', exc_info=True)  # shown with --verbosity=1
     sys.exit(f'error: {e}')
