@@ -55,4 +55,9 @@ def get_config(dataset: str, model_type: str) -> ml_collections.ConfigDict:
 
   config.sample.num_samples = 64
   config.sample.batch_size = 64
+
+  config.eval.num_samples = 50_000  # the reference's FID / KID / IS sample count
+  config.eval.num_real = 50_000
+  config.eval.every_steps = 50_000  # a periodic FID on a small sample set every ~64 CIFAR-10 epochs
+  config.eval.periodic_num_samples = 1_000
   return config

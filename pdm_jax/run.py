@@ -1,4 +1,4 @@
-"""Entry points behind main.py: train (then sample), or sample from the latest checkpoint."""
+"""Entry points behind main.py: train (then sample), sample, or evaluate (FID / KID / IS) the latest checkpoint."""
 
 import json
 import os
@@ -11,10 +11,11 @@ from clu import metric_writers
 
 from pdm_jax import data
 from pdm_jax import image_grid
+from pdm_jax.training import evaluate as evaluate_lib
 from pdm_jax.training import generate
 from pdm_jax.training import loop
 
-MODES = ('train', 'sample')
+MODES = ('train', 'sample', 'eval')
 
 
 def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = 'final') -> dict:
@@ -51,9 +52,12 @@ def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = '
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming when workdir has checkpoints), then writes the final samples."""
+  """Trains (resuming; evaluating every eval.every_steps when set), then writes the final samples."""
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  experiment, state = loop.train(config, workdir, writer=writer)
+  periodic = []
+  if config.eval.every_steps:
+    periodic.append((config.eval.every_steps, evaluate_lib.PeriodicEvaluator(config, writer)))
+  experiment, state = loop.train(config, workdir, writer=writer, periodic=periodic)
   report = write_samples(experiment, state, workdir)
   grid = image_grid.make_grid(np.load(os.path.join(workdir, 'samples', 'final.npz'))['images'][:100]) \
       if jax.process_index() == 0 else None
@@ -77,3 +81,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = write_samples(experiment, state, workdir)
   experiment.checkpointer.close()
   return report
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Scores eval.num_samples samples of the latest checkpoint; writes <workdir>/eval/metrics.json (FID, KID, IS)."""
+  return evaluate_lib.evaluate_checkpoint(config, workdir)

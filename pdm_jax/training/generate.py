@@ -53,24 +53,40 @@ def make_sampler(model, schedule: diffusion.Schedule, sample_config: ml_collecti
   return jax.jit(run, in_shardings=(sharding.replicated(mesh), sharding.replicated(mesh), data), out_shardings=data)
 
 
-def generate(model, variables, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
-             image_shape: tuple[int, int, int], rng: jax.Array, mesh) -> tuple[np.ndarray, Optional[np.ndarray]]:
-  """config.sample.num_samples images in [-1, 1] (N, H, W, C) and their conditioning ids (None for ddpm)."""
+def make_generator(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
+                   image_shape: tuple[int, int, int], mesh, num_samples: Optional[int] = None):
+  """A reusable (variables, rng) -> (images (N, H, W, C) in [-1, 1], ids (N,) or None); compiles the sampler once.
+
+  N is num_samples (default config.sample.num_samples); batches of config.sample.batch_size split over the mesh.
+  """
   sample_config = config.sample
-  num_samples = sample_config.num_samples
+  num_samples = sample_config.num_samples if num_samples is None else int(num_samples)
+  if num_samples < 1:
+    raise ValueError(f'cannot generate {num_samples} samples: ask for at least 1.')
   # The batch must split over the devices: round it up to a multiple of the mesh size.
   batch = -(-min(sample_config.batch_size, num_samples) // mesh.size) * mesh.size
-  ids_rng, loop_rng = jax.random.split(rng)
-  ids = conditioning_ids(model, num_samples, ids_rng, sample_config.label)
   sampler = make_sampler(model, schedule, sample_config, config.diffusion.prediction_type,
                          (batch, *image_shape), mesh,
                          redraw_prototypes=model.model_type == 'pdm' and config.model.redraw_prototype_each_step)
-  outputs = []
-  for index, start in enumerate(range(0, num_samples, batch)):
-    chunk = np.zeros((batch,), np.int32) if ids is None else np.resize(ids[start:start + batch], (batch,))
-    images = sampler(variables, jax.random.fold_in(loop_rng, index), chunk)
-    outputs.append(np.asarray(jax.device_get(images))[:num_samples - start])
-  return np.concatenate(outputs), ids
+
+  def run(variables, rng: jax.Array) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    ids_rng, loop_rng = jax.random.split(rng)
+    ids = conditioning_ids(model, num_samples, ids_rng, sample_config.label)
+    outputs = []
+    for index, start in enumerate(range(0, num_samples, batch)):
+      chunk = np.zeros((batch,), np.int32) if ids is None else np.resize(ids[start:start + batch], (batch,))
+      images = sampler(variables, jax.random.fold_in(loop_rng, index), chunk)
+      outputs.append(np.asarray(jax.device_get(images))[:num_samples - start])
+    return np.concatenate(outputs), ids
+
+  return run
+
+
+def generate(model, variables, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
+             image_shape: tuple[int, int, int], rng: jax.Array, mesh, num_samples: Optional[int] = None
+             ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """num_samples (default config.sample.num_samples) images in [-1, 1] (N, H, W, C) and their ids (None for ddpm)."""
+  return make_generator(model, schedule, config, image_shape, mesh, num_samples)(variables, rng)
 
 
 def sampling_variables(state, use_ema: bool) -> dict:

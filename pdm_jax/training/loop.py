@@ -4,7 +4,7 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import ml_collections
@@ -66,14 +66,15 @@ def initial_state(experiment: Experiment) -> state_lib.TrainState:
   replicated = sharding.replicated(experiment.mesh)
   init = jax.jit(lambda: state_lib.create_train_state(experiment.model, experiment.tx, keys['init'], keys['train'],
                                                       experiment.image_shape), out_shardings=replicated)
-  state = init()
   experiment.checkpointer.check_signature(checkpoints.model_signature(
       experiment.config, experiment.image_shape, experiment.model.num_prototypes))
   latest = experiment.checkpointer.latest_step()
   if latest is not None:
     logging.info('Resuming from checkpoint %d in %s', latest, experiment.checkpointer.directory)
-    state = experiment.checkpointer.restore(latest, state)
-  return state
+    # Restoring needs only shapes, dtypes and shardings: tracing init costs well under a second, compiling it
+    # tens of seconds on a CPU (every --mode=sample / eval would pay that).
+    return experiment.checkpointer.restore(latest, jax.eval_shape(init))
+  return init()
 
 
 class _PreemptionFlag:
@@ -96,9 +97,21 @@ def _format_seconds(seconds: float) -> str:
   return f'{minutes}m{seconds:02d}s'
 
 
+# A periodic action: (every_steps, hook); hook(experiment, state, step) runs after each step that is a multiple of
+# every_steps (0: never), e.g. an evaluation. Hooks live outside the loop so it imports no evaluation code.
+PeriodicHook = tuple[int, Callable[[Experiment, state_lib.TrainState, int], None]]
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
-          writer: Optional[metric_writers.MetricWriter] = None) -> tuple[Experiment, state_lib.TrainState]:
-  """Trains to config.train.num_steps from the latest checkpoint in workdir; returns the final state."""
+          writer: Optional[metric_writers.MetricWriter] = None,
+          periodic: Sequence[PeriodicHook] = ()) -> tuple[Experiment, state_lib.TrainState]:
+  """Trains to config.train.num_steps from the latest checkpoint in workdir; returns the final state.
+
+  periodic: (every_steps, hook(experiment, state, step)) pairs, run after the step's checkpoint is saved.
+  """
+  for every, hook in periodic:
+    if not isinstance(every, int) or every < 0 or not callable(hook):
+      raise ValueError(f'periodic hooks must be (every_steps >= 0, callable), got ({every!r}, {hook!r}).')
   mesh = sharding.data_mesh() if mesh is None else mesh
   sharding.check_batch_divides(config.train.batch_size, mesh)
   own_writer = writer is None
@@ -131,35 +144,48 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   pending: list[dict[str, jax.Array]] = []
   window_start, window_step = time.time(), start_step
   step = start_step
-  while step < num_steps:
-    batch = sharding.global_batch(next(batches), mesh)
-    state, metrics = step_fn(state, batch)
-    step += 1
-    pending.append(metrics)
-    report_progress(step)
+  try:
+    while step < num_steps:
+      batch = sharding.global_batch(next(batches), mesh)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      pending.append(metrics)
+      report_progress(step)
 
-    if step % config.train.log_every == 0 or step == num_steps:
-      averaged = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-      pending = []
-      if not np.isfinite(averaged['loss']):
-        raise FloatingPointError(
-            f'loss became {averaged["loss"]} by step {step}: lower train.learning_rate or check the data; '
-            f'checkpoint {experiment.checkpointer.latest_step()} in {experiment.checkpointer.directory} is intact.')
-      elapsed = time.time() - window_start
-      steps_per_second = (step - window_step) / max(elapsed, 1e-9)
-      window_start, window_step = time.time(), step
-      averaged['steps_per_second'] = steps_per_second
-      writer.write_scalars(step, averaged)
-      extras = ''.join(f' {k} {averaged[k]:.4f}' for k in ('diffusion_loss', 'prototype_loss', 'prototypes_used',
-                                                            'prototype_accuracy') if k in averaged)
-      logging.info('step %d/%d loss %.4f%s | %.2f steps/s ETA %s', step, num_steps, averaged['loss'], extras,
-                   steps_per_second, _format_seconds((num_steps - step) / max(steps_per_second, 1e-9)))
+      if step % config.train.log_every == 0 or step == num_steps:
+        averaged = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+        pending = []
+        if not np.isfinite(averaged['loss']):
+          raise FloatingPointError(
+              f'loss became {averaged["loss"]} by step {step}: lower train.learning_rate or check the data; '
+              f'checkpoint {experiment.checkpointer.latest_step()} in {experiment.checkpointer.directory} is intact.')
+        elapsed = time.time() - window_start
+        steps_per_second = (step - window_step) / max(elapsed, 1e-9)
+        window_start, window_step = time.time(), step
+        averaged['steps_per_second'] = steps_per_second
+        writer.write_scalars(step, averaged)
+        extras = ''.join(f' {k} {averaged[k]:.4f}' for k in ('diffusion_loss', 'prototype_loss', 'prototypes_used',
+                                                              'prototype_accuracy') if k in averaged)
+        logging.info('step %d/%d loss %.4f%s | %.2f steps/s ETA %s', step, num_steps, averaged['loss'], extras,
+                     steps_per_second, _format_seconds((num_steps - step) / max(steps_per_second, 1e-9)))
 
-    experiment.checkpointer.save(step, state, force=step == num_steps)
-    if preemption.raised:
-      experiment.checkpointer.save(step, state, force=True)
-      experiment.checkpointer.close()
-      raise SystemExit(f'Preempted (SIGTERM) at step {step}: checkpoint saved; rerun the same command to resume.')
+      experiment.checkpointer.save(step, state, force=step == num_steps)
+      hooks_start = time.time()
+      for every, hook in periodic:
+        if every and step % every == 0:
+          hook(experiment, state, step)
+      # Time spent in hooks (evaluations) is not training time: keep it out of steps/s.
+      window_start += time.time() - hooks_start
+      if preemption.raised:
+        experiment.checkpointer.save(step, state, force=True)
+        experiment.checkpointer.close()
+        raise SystemExit(f'Preempted (SIGTERM) at step {step}: checkpoint saved; rerun the same command to resume.')
+
+  except BaseException:
+    # A save still being written asynchronously is a good checkpoint: let it commit before the error
+    # propagates, so a crash or Ctrl-C loses no more than the steps since it.
+    experiment.checkpointer.manager.wait_until_finished()
+    raise
 
   experiment.checkpointer.manager.wait_until_finished()
   writer.flush()
