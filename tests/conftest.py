@@ -3,6 +3,13 @@
 import os
 import sys
 
+# torchvision (the pytorch-fid / diffusers references) loads triton's native library, which segfaults if
+# TensorFlow, jaxlib and scikit-learn are already loaded. Loading it first, when installed, avoids that.
+try:
+  import torchvision  # noqa: F401  pylint: disable=unused-import
+except ImportError:
+  pass
+
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

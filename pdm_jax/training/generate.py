@@ -1,9 +1,9 @@
 """Sampling from a trained model: conditioning ids per sample, the compiled sampler, sharded batches."""
 
-import functools
 from typing import Optional
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -76,7 +76,8 @@ def make_generator(model, schedule: diffusion.Schedule, config: ml_collections.C
     for index, start in enumerate(range(0, num_samples, batch)):
       chunk = np.zeros((batch,), np.int32) if ids is None else np.resize(ids[start:start + batch], (batch,))
       images = sampler(variables, jax.random.fold_in(loop_rng, index), chunk)
-      outputs.append(np.asarray(jax.device_get(images))[:num_samples - start])
+      # On several hosts each holds only its shards: gather the whole batch (a plain copy on one host).
+      outputs.append(np.asarray(multihost_utils.process_allgather(images, tiled=True))[:num_samples - start])
     return np.concatenate(outputs), ids
 
   return run
