@@ -10,7 +10,7 @@ from pdm_jax import data
 from pdm_jax.training import loop
 from pdm_jax.training import sharding
 from pdm_jax.training import train_step as train_step_lib
-from tests.conftest import tiny_config
+from tests.tiny_configs import tiny_config
 
 
 def main(model_type: str, num_devices: int, num_steps: int, out_path: str) -> None:

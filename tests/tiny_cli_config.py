@@ -4,7 +4,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+from tests.tiny_configs import tiny_config  # pylint: disable=g-import-not-at-top
 
 
 def get_config(model_type: str = 'spdm'):
