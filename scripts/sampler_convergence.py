@@ -22,6 +22,10 @@ jax.config.update('jax_enable_x64', True)
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run without installing
+
 from pdm_jax import diffusion  # pylint: disable=g-import-not-at-top
 from pdm_jax import sampling  # pylint: disable=g-import-not-at-top
 from pdm_jax.sampling.ddim import ddim_loop  # pylint: disable=g-import-not-at-top

@@ -20,6 +20,10 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run without installing
+
 from pdm_jax import diffusion
 from pdm_jax import sampling
 
