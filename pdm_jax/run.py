@@ -18,8 +18,11 @@ from pdm_jax.training import loop
 MODES = ('train', 'sample', 'eval')
 
 
-def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = 'final') -> dict:
-  """Samples config.sample.num_samples images and writes <workdir>/samples/<tag>.npz, .png (and a report)."""
+def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = 'final') -> tuple[dict, np.ndarray]:
+  """Samples config.sample.num_samples images, writes <workdir>/samples/<tag>.npz, .png and a report.
+
+  Returns the report and the uint8 (N, H, W, C) samples.
+  """
   config = experiment.config
   step = int(jax.device_get(state.step))
   rng = jax.random.fold_in(loop.run_keys(config.seed)['sample'], step)
@@ -30,7 +33,7 @@ def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = '
   report: dict = dict(step=step, num_samples=len(images), method=config.sample.method,
                       num_steps=config.sample.num_steps or config.diffusion.num_timesteps)
   if jax.process_index() != 0:
-    return report
+    return report, images
   out_dir = os.path.join(workdir, 'samples')
   os.makedirs(out_dir, exist_ok=True)
   arrays = {'images': images}
@@ -48,7 +51,7 @@ def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = '
   with open(os.path.join(out_dir, f'{tag}_report.json'), 'w') as f:
     json.dump(report, f, indent=1, default=lambda v: np.asarray(v).tolist())
   logging.info('Wrote %d samples to %s', len(images), os.path.join(out_dir, f'{tag}.npz'))
-  return report
+  return report, images
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -58,11 +61,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.eval.every_steps:
     periodic.append((config.eval.every_steps, evaluate_lib.PeriodicEvaluator(config, writer)))
   experiment, state = loop.train(config, workdir, writer=writer, periodic=periodic)
-  report = write_samples(experiment, state, workdir)
-  grid = image_grid.make_grid(np.load(os.path.join(workdir, 'samples', 'final.npz'))['images'][:100]) \
-      if jax.process_index() == 0 else None
-  if grid is not None:
-    writer.write_images(int(jax.device_get(state.step)), {'samples': grid[None]})
+  report, images = write_samples(experiment, state, workdir)
+  if jax.process_index() == 0:
+    writer.write_images(int(jax.device_get(state.step)), {'samples': image_grid.make_grid(images[:100])[None]})
   writer.write_scalars(int(jax.device_get(state.step)),
                        {f'samples/{k}': v for k, v in report.items() if isinstance(v, (int, float))})
   writer.close()
@@ -78,7 +79,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise FileNotFoundError(f'No checkpoint in {experiment.checkpointer.directory}: train first with '
                             '--mode=train and the same --workdir.')
   state = loop.initial_state(experiment)
-  report = write_samples(experiment, state, workdir)
+  report, _ = write_samples(experiment, state, workdir)
   experiment.checkpointer.close()
   return report
 
