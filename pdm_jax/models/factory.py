@@ -1,9 +1,22 @@
 """Builds the DiffusionModel a config asks for, checking the choices that would otherwise fail deep in flax."""
 
+import jax.numpy as jnp
 import ml_collections
 
+from pdm_jax.models import attention
 from pdm_jax.models import pdm
 from pdm_jax.models import unet as unet_lib
+
+
+# model.dtype -> compute dtype. float16 is left out: without loss scaling its gradients underflow.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """The jnp dtype of model.dtype ('float32' | 'bfloat16'); a one-line ValueError otherwise."""
+  if name not in DTYPES:
+    raise ValueError(f'model.dtype={name!r} is not supported: use one of {", ".join(DTYPES)}.')
+  return DTYPES[name]
 
 
 def build_model(model_config: ml_collections.ConfigDict, *, image_size: int, num_channels: int,
@@ -21,6 +34,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, image_size: int, num
       norm_num_groups=model_config.norm_num_groups,
       down_block_types=tuple(model_config.down_block_types),
       up_block_types=tuple(model_config.up_block_types))
+  attention.check_attention_impl(model_config.attention_impl, model_config.attention_chunk_size)
+  dtype = compute_dtype(model_config.dtype)
   # One prototype (or class embedding) per class for the supervised models.
   num_prototypes = num_classes if model_type in pdm.CLASS_CONDITIONAL_MODELS else model_config.num_prototypes
   if model_type == 'pdm' and num_prototypes < 1:
@@ -39,7 +54,10 @@ def build_model(model_config: ml_collections.ConfigDict, *, image_size: int, num
       attention_head_dim=model_config.attention_head_dim,
       norm_num_groups=model_config.norm_num_groups,
       dropout=model_config.dropout,
-      bottleneck_num_heads=model_config.bottleneck_num_heads)
+      bottleneck_num_heads=model_config.bottleneck_num_heads,
+      attention_impl=model_config.attention_impl,
+      attention_chunk_size=model_config.attention_chunk_size,
+      remat=bool(model_config.remat))
   return pdm.DiffusionModel(
       model_type=model_type,
       unet_config=unet_config,
@@ -47,4 +65,5 @@ def build_model(model_config: ml_collections.ConfigDict, *, image_size: int, num
       prototype_dim=model_config.prototype_dim,
       tau=model_config.tau,
       alpha=model_config.alpha,
-      beta=model_config.beta)
+      beta=model_config.beta,
+      dtype=dtype)

@@ -25,6 +25,7 @@ class DiffusionModel(nn.Module):
   tau: float = 1.0
   alpha: float = 1.0
   beta: float = 1.0
+  dtype: Any = jnp.float32  # compute dtype of the UNet and f_phi; parameters, losses and outputs stay float32
 
   def setup(self):
     if self.model_type not in MODEL_TYPES:
@@ -32,9 +33,10 @@ class DiffusionModel(nn.Module):
     self.unet = UNet2D(
         **self.unet_config,
         bottleneck_attention=self.model_type in PROTOTYPE_MODELS,
-        num_class_embeds=self.num_prototypes if self.model_type == 'cddpm' else None)
+        num_class_embeds=self.num_prototypes if self.model_type == 'cddpm' else None,
+        dtype=self.dtype)
     if self.model_type in PROTOTYPE_MODELS:
-      self.memory = prototypes_lib.PrototypeMemory(self.num_prototypes, self.prototype_dim)
+      self.memory = prototypes_lib.PrototypeMemory(self.num_prototypes, self.prototype_dim, self.dtype)
 
   def __call__(self, x_t: jax.Array, t: jax.Array, *, clean_images: Optional[jax.Array] = None,
                labels: Optional[jax.Array] = None, prototype_ids: Optional[jax.Array] = None,

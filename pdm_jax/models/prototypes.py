@@ -19,8 +19,9 @@ def encoder_depth(image_size: int) -> int:
 
 
 class FeatureEncoder(nn.Module):
-  """f_phi: (B, H, W, C) clean images -> (B, feature_dim) features (conv 4x4 s2 stack, global average pool)."""
+  """f_phi: (B, H, W, C) clean images -> (B, feature_dim) float32 features (conv 4x4 s2 stack, global average pool)."""
   feature_dim: int
+  dtype: Any = jnp.float32  # compute dtype; BatchNorm statistics and the pooled features stay float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -32,14 +33,15 @@ class FeatureEncoder(nn.Module):
       # Explicit padding 1 matches torch's Conv2d(k=4, s=2, p=1): 'SAME' would pad asymmetrically. A bias
       # before BatchNorm is cancelled by it (the reference keeps one): its gradient is pure rounding noise.
       x = nn.Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=not normed,
-                  name=f'conv_{i}')(x)
+                  dtype=self.dtype, name=f'conv_{i}')(x)
       if i == len(widths) - 1:
         break
       if normed:
         # torch BatchNorm2d(momentum=0.1) keeps 0.9 of the old running statistics.
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f'bn_{i}')(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                         name=f'bn_{i}')(x)
       x = nn.relu(x)
-    return jnp.mean(x, axis=(1, 2))
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 def kaiming_uniform(negative_slope: float = 0.1):
@@ -94,10 +96,11 @@ class PrototypeMemory(nn.Module):
   """K prototypes of size prototype_dim and the encoder f_phi that maps clean images near them."""
   num_prototypes: int
   prototype_dim: int
+  dtype: Any = jnp.float32  # f_phi's compute dtype; prototypes, distances and losses stay float32
 
   def setup(self):
     self.prototypes = self.param('prototypes', kaiming_uniform(0.1), (self.num_prototypes, self.prototype_dim))
-    self.f_phi = FeatureEncoder(self.prototype_dim)
+    self.f_phi = FeatureEncoder(self.prototype_dim, dtype=self.dtype)
 
   def encode(self, images: jax.Array, train: bool = False) -> jax.Array:
     """(B, H, W, C) clean images -> (B, prototype_dim) features."""

@@ -1,0 +1,116 @@
+"""The one attention function: every implementation against the plain formula (outputs and gradients, fp32, 1e-5),
+the choice 'auto' makes, the chunked path's memory, and clear errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pdm_jax.models import attention
+from pdm_jax.models import unet as unet_lib
+
+
+def plain_attention(query, key, value):
+  """softmax(q k^T / sqrt(D)) v over (B, L, N, D) heads, written out: the yardstick."""
+  logits = jnp.einsum('bqnd,bknd->bnqk', query, key) / math.sqrt(query.shape[-1])
+  return jnp.einsum('bnqk,bknd->bqnd', jax.nn.softmax(logits, axis=-1), value)
+
+
+def _qkv(batch=2, query_len=37, key_len=37, heads=4, head_dim=8, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = lambda length: (batch, length, heads, head_dim)
+  return tuple(jnp.asarray(rng.standard_normal(shape(n)), jnp.float32) for n in (query_len, key_len, key_len))
+
+
+def _loss(fn):
+  # A weighted sum, so the gradient reaches every output element with a different weight.
+  weights = jnp.asarray(np.random.default_rng(9).standard_normal((2, 37, 4, 8)), jnp.float32)
+  return lambda q, k, v: jnp.sum(fn(q, k, v)[:, :weights.shape[1]] * weights[:, :fn(q, k, v).shape[1]])
+
+
+@pytest.mark.parametrize('impl,chunk_size', [('xla', None), ('chunked', None), ('chunked', 1), ('chunked', 5),
+                                             ('chunked', 16), ('chunked', 37), ('chunked', 500)])
+def test_outputs_and_gradients_match_the_plain_formula(impl, chunk_size):
+  q, k, v = _qkv()
+  ours = lambda q, k, v: attention.dot_product_attention(q, k, v, impl=impl, chunk_size=chunk_size)
+  np.testing.assert_allclose(ours(q, k, v), plain_attention(q, k, v), rtol=1e-5, atol=1e-5)
+  grads = jax.grad(_loss(ours), argnums=(0, 1, 2))(q, k, v)
+  expected = jax.grad(_loss(plain_attention), argnums=(0, 1, 2))(q, k, v)
+  for got, want in zip(grads, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('impl', ['auto', 'xla', 'chunked'])
+def test_cross_attention_to_one_token(impl):
+  q, k, v = _qkv(query_len=16, key_len=1)
+  ours = attention.dot_product_attention(q, k, v, impl=impl, chunk_size=3)
+  # One key: the softmax weight is 1, so every query returns the value.
+  np.testing.assert_allclose(ours, jnp.broadcast_to(v, q.shape), rtol=1e-6, atol=1e-6)
+
+
+def test_multi_head_attention_splits_heads_of_the_projected_width():
+  q, k, v = _qkv(heads=4, head_dim=8)
+  flat = lambda t: t.reshape(*t.shape[:2], 32)
+  out = attention.multi_head_attention(flat(q), flat(k), flat(v), num_heads=4, impl='chunked', chunk_size=8)
+  np.testing.assert_allclose(out, flat(plain_attention(q, k, v)), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_uses_full_attention_when_small_and_chunks_when_large():
+  assert attention.resolve_impl('auto', (8, 256, 32, 8), 256, jnp.float32) == 'xla'
+  # CelebA's 88x88 attention (7,744 tokens, 32 heads) at batch 32: 245 GB of logits.
+  assert attention.resolve_impl('auto', (32, 7744, 32, 8), 7744, jnp.bfloat16) == (
+      'cudnn' if jax.default_backend() == 'gpu' else 'chunked')
+  assert attention.resolve_impl('xla', (32, 7744, 32, 8), 7744, jnp.float32) == 'xla'
+  chunk = attention.default_chunk_size(32, 7744, 7744, 32)
+  assert 1 <= chunk and attention.logits_bytes(32, chunk, 7744, 32) <= attention.LOGITS_BUDGET_BYTES
+
+
+def _attention_grad_temp_bytes(impl, chunk_size=None):
+  q, k, v = (jax.ShapeDtypeStruct((1, 4096, 2, 8), jnp.float32),) * 3
+  fn = lambda q, k, v: jnp.sum(attention.dot_product_attention(q, k, v, impl=impl, chunk_size=chunk_size)**2)
+  compiled = jax.jit(jax.grad(fn, argnums=(0, 1, 2))).lower(q, k, v).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_chunked_memory_grows_with_tokens_times_chunk_not_tokens_squared():
+  full_matrix = attention.logits_bytes(1, 4096, 4096, 2)  # 128 MiB of logits
+  xla_bytes = _attention_grad_temp_bytes('xla')
+  small, large = (_attention_grad_temp_bytes('chunked', chunk_size=size) for size in (32, 256))
+  print(f'forward+backward temp: xla {xla_bytes / 2**20:.1f} MiB, chunked by 32 {small / 2**20:.1f} MiB, '
+        f'by 256 {large / 2**20:.1f} MiB')
+  assert xla_bytes >= full_matrix
+  assert large < full_matrix / 2  # a 256-query chunk holds 1/16 of the matrix (with its gradient, a few copies)
+  assert small < large / 4
+
+
+def test_unknown_impl_bad_chunk_and_cudnn_off_gpu_are_one_line_errors():
+  q, k, v = _qkv()
+  with pytest.raises(ValueError, match='attention_impl=.flash. is unknown: use one of auto, xla, cudnn, chunked'):
+    attention.dot_product_attention(q, k, v, impl='flash')
+  with pytest.raises(ValueError, match='attention_chunk_size=0 must be positive'):
+    attention.dot_product_attention(q, k, v, impl='chunked', chunk_size=0)
+  if jax.default_backend() != 'gpu':
+    with pytest.raises(ValueError, match='needs a CUDA GPU and model.dtype=bfloat16.*use auto, xla or chunked'):
+      attention.dot_product_attention(q, k, v, impl='cudnn')
+
+
+def test_unet_is_the_same_function_under_every_cpu_attention_impl():
+  config = dict(in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+                down_block_types=('DownBlock2D', 'AttnDownBlock2D'), up_block_types=('AttnUpBlock2D', 'UpBlock2D'),
+                norm_num_groups=8, bottleneck_attention=True)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+  context = jnp.asarray(rng.standard_normal((2, 1, 12)), jnp.float32)
+  t = jnp.array([3, 700])
+  params = unet_lib.UNet2D(**config).init(jax.random.PRNGKey(0), x, t, context=context)
+  outputs = {}
+  for impl, chunk in (('xla', None), ('chunked', 3), ('auto', None)):
+    model = unet_lib.UNet2D(**config, attention_impl=impl, attention_chunk_size=chunk)
+    loss = lambda p: jnp.sum(model.apply(p, x, t, context=context)**2)
+    outputs[impl] = (model.apply(params, x, t, context=context), jax.grad(loss)(params))
+  for impl in ('chunked', 'auto'):
+    np.testing.assert_allclose(outputs[impl][0], outputs['xla'][0], rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(outputs[impl][1]), jax.tree.leaves(outputs['xla'][1])):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
