@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128  # global, split over all devices
+  config.train.grad_accum_steps = 1  # micro-batches per step (batch_size stays the effective batch): less memory
   config.train.num_steps = 2500
   config.train.learning_rate = 2e-3
   config.train.warmup_steps = 100

@@ -114,6 +114,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
       raise ValueError(f'periodic hooks must be (every_steps >= 0, callable), got ({every!r}, {hook!r}).')
   mesh = sharding.data_mesh() if mesh is None else mesh
   sharding.check_batch_divides(config.train.batch_size, mesh)
+  train_step_lib.check_grad_accum_steps(config.train.batch_size, config.train.grad_accum_steps, mesh.size)
   own_writer = writer is None
   if own_writer:
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
