@@ -215,45 +215,12 @@ def test_parity_with_diffusers_class_conditional():
            dict(class_labels=labels))
 
 
-def _reference_pdm_unet_class(torch, diffusers):
-  """The reference PDM's Unet: UNet2DModel + nn.MultiheadAttention at the bottleneck."""
-
-  class ReferenceUnet(diffusers.UNet2DModel):
-    """Re-statement of b-faye/pdm Unet.forward, for the parity check only."""
-
-    def __init__(self, *args, **kwargs):
-      super().__init__(*args, **kwargs)
-      self.bottleneck_attn = torch.nn.MultiheadAttention(
-          embed_dim=self.config.block_out_channels[-1], num_heads=8,
-          batch_first=True)
-
-    def forward(self, sample, timestep, prototype=None):
-      timesteps = timestep * torch.ones(sample.shape[0], dtype=timestep.dtype)
-      emb = self.time_embedding(self.time_proj(timesteps))
-      sample = self.conv_in(sample)
-      skips = (sample,)
-      for block in self.down_blocks:
-        sample, res = block(hidden_states=sample, temb=emb)
-        skips += res
-      b, c, h, w = sample.shape
-      query = sample.view(b, c, h * w).transpose(1, 2)
-      attn, _ = self.bottleneck_attn(query, prototype, prototype)
-      sample = sample + attn.transpose(1, 2).reshape(b, c, h, w)
-      sample = self.mid_block(sample, emb)
-      for block in self.up_blocks:
-        res, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
-        sample = block(sample, res, emb)
-      sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
-      return diffusers.models.unets.unet_2d.UNet2DOutput(sample=sample)
-
-  return ReferenceUnet
-
-
 def test_parity_with_reference_pdm_bottleneck():
   torch = pytest.importorskip('torch')
-  diffusers = pytest.importorskip('diffusers')
-  model = _randomized_diffusers_unet(
-      torch, cls=_reference_pdm_unet_class(torch, diffusers))
+  pytest.importorskip('diffusers')
+  # The reference PDM's Unet (UNet2DModel + nn.MultiheadAttention at the bottleneck), as the torch benchmark runs it.
+  from scripts import torch_reference  # pylint: disable=g-import-not-at-top
+  model = _randomized_diffusers_unet(torch, cls=torch_reference.ReferenceUnet)
   context = np.random.default_rng(1).standard_normal((2, 5, 64)).astype(np.float32)
   error = _compare(torch, model, _flax_unet(bottleneck_attention=True),
                    dict(prototype=torch.from_numpy(context)),
