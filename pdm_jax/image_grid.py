@@ -1,6 +1,5 @@
 """Sample grids: uint8 image batches tiled into one picture, a row per class where there are classes."""
 
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -11,7 +10,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def make_grid(images: np.ndarray, labels: Optional[np.ndarray] = None, columns: int = 10,
+def make_grid(images: np.ndarray, labels: np.ndarray | None = None, columns: int = 10,
               padding: int = 1) -> np.ndarray:
   """uint8 (N, H, W, C) -> uint8 (rows*(H+p)+p, columns*(W+p)+p, C); with labels, row r holds class r's images."""
   images = np.asarray(images)

@@ -10,9 +10,12 @@ from absl import logging
 from clu import metric_writers
 
 from pdm_jax import data
+from pdm_jax import diffusion
 from pdm_jax import image_grid
-from pdm_jax.training import evaluate as evaluate_lib
-from pdm_jax.training import generate
+from pdm_jax.inference import evaluate as evaluate_lib
+from pdm_jax.inference import generate
+from pdm_jax.inference import restore
+from pdm_jax.models import factory
 from pdm_jax.training import loop
 
 MODES = ('train', 'sample', 'eval')
@@ -37,9 +40,10 @@ def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = '
   out_dir = os.path.join(workdir, 'samples')
   os.makedirs(out_dir, exist_ok=True)
   arrays = {'images': images}
-  class_conditional = generate.is_class_conditional(experiment.model)
+  kind = experiment.model.kind
+  class_conditional = kind.class_conditional
   if ids is not None:
-    arrays['labels' if class_conditional else 'prototype_ids'] = ids
+    arrays[kind.sample_ids_name] = ids
   np.savez_compressed(os.path.join(out_dir, f'{tag}.npz'), **arrays)
   grid = image_grid.make_grid(images, ids if class_conditional else None)
   image_grid.save_png(os.path.join(out_dir, f'{tag}.png'), grid)
@@ -54,8 +58,19 @@ def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = '
   return report, images
 
 
+def check_sample_settings(config: ml_collections.ConfigDict) -> None:
+  """Stops a training run at once (one line) on sample.* settings that would fail only after training."""
+  info = data.describe(config.data)
+  model = factory.build_model(config.model, image_size=info.image_size, num_channels=info.num_channels,
+                              num_classes=info.num_classes)
+  schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
+                                     config.diffusion.beta_start, config.diffusion.beta_end)
+  generate.check_sample_config(model, schedule, config.sample)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming; evaluating every eval.every_steps when set), then writes the final samples."""
+  check_sample_settings(config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   periodic = []
   if config.eval.every_steps:
@@ -72,15 +87,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Writes samples from the latest checkpoint in workdir with the configured sampler."""
-  info, _ = data.build(config.data, global_batch_size=config.train.batch_size, seed=config.seed, train=False)
-  experiment = loop.build_experiment(config, workdir, info)
-  if experiment.checkpointer.latest_step() is None:
-    raise FileNotFoundError(f'No checkpoint in {experiment.checkpointer.directory}: train first with '
-                            '--mode=train and the same --workdir.')
-  state = loop.initial_state(experiment)
-  report, _ = write_samples(experiment, state, workdir)
-  experiment.checkpointer.close()
+  """Writes samples from the latest checkpoint in workdir with the configured sampler; needs no training data."""
+  experiment, state = restore.restore_latest(config, workdir)
+  try:
+    generate.check_sample_config(experiment.model, experiment.schedule, config.sample)
+    report, _ = write_samples(experiment, state, workdir)
+  finally:
+    experiment.checkpointer.close()
   return report
 
 

@@ -67,6 +67,8 @@ import numpy as np
 from ml_collections import config_flags
 
 from pdm_jax import data
+from pdm_jax import xla_options
+from pdm_jax.models import kinds
 from pdm_jax.training import loop
 from pdm_jax.training import sharding
 from pdm_jax.training import state as state_lib
@@ -135,7 +137,7 @@ def _model_settings(config) -> dict:
 
 
 def _num_classes(config) -> int | None:
-  return 10 if config.model.type in ('spdm', 'cddpm') else None
+  return 10 if kinds.get(config.model.type).class_conditional else None
 
 
 def _experiment(config, batch_size: int, mesh) -> loop.Experiment:
@@ -243,7 +245,9 @@ def measure_throughput(config, batch_size: int, mesh) -> dict:
   params = jax.device_get(state.params)
   return dict(
       model_type=config.model.type, image_size=config.data.image_size, batch=batch_size, devices=mesh.size,
-      backend=jax.default_backend(), **_model_settings(config), seconds_per_step=round(seconds, 5),
+      backend=jax.default_backend(), **_model_settings(config),
+      xla_tuning=xla_options.compiler_options() is not None,
+      seconds_per_step=round(seconds, 5),
       images_per_second=round(batch_size / seconds, 2), compile_seconds=round(compile_seconds, 2),
       parameters=state_lib.count_parameters(params),
       unet_parameters=state_lib.count_parameters(params['unet']),
@@ -280,7 +284,8 @@ def compare_torch(config, batch_size: int, mesh) -> dict:
   t = rng.integers(0, config.diffusion.num_timesteps, batch_size).astype(np.int32)
   ids = rng.integers(0, model.num_prototypes, batch_size).astype(np.int32)
   sample_inputs = jax.device_put((x_t, t, ids))
-  jax_eps = jax.jit(lambda params, x, t, ids: model.apply({'params': params}, x, t, prototype_ids=ids)[0])
+  jax_eps = jax.jit(lambda params, x, t, ids: model.apply({'params': params}, x, t, prototype_ids=ids)[0],
+                    compiler_options=xla_options.compiler_options())
   jax_eps = jax_eps.lower(sample_params, *sample_inputs).compile()
 
   # torch: the reference with its own initialisation (timing does not depend on the weights' values).
@@ -325,7 +330,8 @@ def compare_torch(config, batch_size: int, mesh) -> dict:
       image_size=config.data.image_size, batch=batch_size, devices=mesh.size, backend=jax.default_backend(),
       torch_threads=torch.get_num_threads(), cores=_cores(), steps=FLAGS.steps,
       # Other processes' load skews both sides (torch's the more): above ~cores, the numbers are noise.
-      load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)], **_model_settings(config))
+      load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)], **_model_settings(config),
+      xla_tuning=xla_options.compiler_options() is not None)
   for kind in ('train', 'sample'):
     jax_seconds, torch_seconds = medians[f'jax_{kind}'], medians[f'torch_{kind}']
     result.update({
@@ -358,7 +364,7 @@ def main(argv):
     jax.config.update('jax_enable_compilation_cache', False)
     measure, default_batch = measure_memory, config.train.batch_size
   elif compare:
-    if config.model.type not in ('pdm', 'spdm'):
+    if not kinds.get(config.model.type).prototype_memory:
       raise app.UsageError(f'--compare-torch needs a pdm or spdm config, not model.type={config.model.type}.')
     # The torch side runs on the CPU, in this process: the JAX side must run there too, on one device.
     if jax.default_backend() != 'cpu' or mesh.size != 1:

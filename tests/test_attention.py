@@ -48,6 +48,12 @@ def test_cross_attention_to_one_token(impl):
   ours = attention.dot_product_attention(q, k, v, impl=impl, chunk_size=3)
   # One key: the softmax weight is 1, so every query returns the value.
   np.testing.assert_allclose(ours, jnp.broadcast_to(v, q.shape), rtol=1e-6, atol=1e-6)
+  # ... and queries and keys get no gradient at all (exact zeros, not rounding noise that Adam would amplify).
+  grads = jax.grad(_loss(lambda *t: attention.dot_product_attention(*t, impl=impl, chunk_size=3)),
+                   argnums=(0, 1, 2))(q, k, v)
+  expected = jax.grad(_loss(plain_attention), argnums=(0, 1, 2))(q, k, v)
+  assert not np.asarray(grads[0]).any() and not np.asarray(grads[1]).any()
+  np.testing.assert_allclose(grads[2], expected[2], rtol=1e-5, atol=1e-5)
 
 
 def test_multi_head_attention_splits_heads_of_the_projected_width():

@@ -16,7 +16,7 @@ from pdm_jax import run
 from pdm_jax.evaluation import inception
 from pdm_jax.evaluation import inception_weights
 from pdm_jax.evaluation import reference_stats
-from pdm_jax.training import evaluate
+from pdm_jax.inference import evaluate
 from pdm_jax.training import loop
 from tests.conftest import REPO
 from tests.conftest import tiny_config

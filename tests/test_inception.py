@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from pdm_jax import torch_weights
 from pdm_jax.evaluation import inception
 from pdm_jax.evaluation import inception_weights
 from pdm_jax.evaluation import metrics
@@ -105,7 +106,7 @@ def test_module_jits_on_uint8_input_and_has_unbiased_logits(variables, extractor
   direct = jax.jit(inception.FIDInceptionV3().apply)(variables, images)
   batched = extractor(images)
   np.testing.assert_allclose(np.asarray(direct['pool']), batched['pool'], rtol=1e-5, atol=1e-5)
-  bias = inception_weights.read_state_dict(weights_file)['fc.bias']
+  bias = torch_weights.read_state_dict(weights_file)['fc.bias']
   np.testing.assert_allclose(batched['logits'] - bias, batched['logits_unbiased'], rtol=1e-5, atol=1e-5)
 
 
@@ -143,7 +144,7 @@ def test_legacy_torch_format_loads_identically(weights_file, tmp_path):
   state = torch.load(weights_file)
   legacy = tmp_path / 'legacy.pth'
   torch.save(state, legacy, _use_new_zipfile_serialization=False)
-  ours = inception_weights.read_state_dict(legacy)
+  ours = torch_weights.read_state_dict(legacy)
   assert set(ours) == set(state)
   for name, tensor in state.items():
     np.testing.assert_array_equal(ours[name], tensor.numpy())
@@ -180,14 +181,14 @@ def test_pickled_module_is_refused(tmp_path):
   path = tmp_path / 'module.pth'
   torch.save(torch.nn.Linear(2, 2), path)
   with pytest.raises(ValueError, match='not a plain state dict'):
-    inception_weights.read_state_dict(path)
+    torch_weights.read_state_dict(path)
 
 
 def test_not_a_torch_file_is_refused(tmp_path):
   path = tmp_path / 'garbage.pth'
   path.write_bytes(b'not a checkpoint at all')
   with pytest.raises(ValueError, match='download the weights file again|download it again'):
-    inception_weights.read_state_dict(path)
+    torch_weights.read_state_dict(path)
 
 
 def test_missing_weights_offline_says_where_to_put_them(tmp_path, monkeypatch):

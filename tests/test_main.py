@@ -52,6 +52,10 @@ def test_train_then_sample_from_the_command_line(tmp_path):
     ('--config.model.type=gan', "Unknown model.type='gan'"),
     ('--config.data.name=mnist', "unknown dataset data.name='mnist'"),
     ('--config.data.use_labels=False', 'needs labels'),
+    # Sample settings are checked before training, not after it.
+    ('--config.sample.method=ddpn', "Unknown sampling method 'ddpn'"),
+    ('--config.sample.label=10', r'sample.label=10 is out of range'),
+    ('--config.sample.num_steps=51', 'num_steps must be an int in [1, 50]'),
 ])
 def test_bad_input_stops_with_one_line(tmp_path, override, expected):
   result = _main('--config=tests/tiny_cli_config.py:spdm', f'--workdir={tmp_path}', override, check=False)
@@ -106,3 +110,28 @@ def test_sampling_errors_name_the_fix(tmp_path):
   other = tiny_config('pdm', num_steps=2)
   with pytest.raises(checkpoints.CheckpointError, match='different model'):
     run.sample(other, str(tmp_path))
+
+
+def test_sample_mode_needs_no_training_data(tmp_path):
+  """A model trained on an image folder samples from its workdir after the folder is gone."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'images'
+  rng = np.random.default_rng(0)
+  for label in ('cats', 'dogs'):
+    (folder / label).mkdir(parents=True)
+    for i in range(8):
+      Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode='L').save(folder / label / f'{i}.png')
+  workdir = str(tmp_path / 'run')
+  data_flags = ('--config.data.name=image_folder', f'--config.data.data_dir={folder}', '--config.data.num_channels=1',
+                '--config.train.num_steps=2')
+  _main('--config=tests/tiny_cli_config.py:spdm', f'--workdir={workdir}', *data_flags)
+  for path in sorted(folder.rglob('*.png')):
+    path.unlink()
+  for child in sorted(folder.iterdir()):
+    child.rmdir()
+  folder.rmdir()
+  _main('--config=tests/tiny_cli_config.py:spdm', f'--workdir={workdir}', *data_flags, '--mode=sample',
+        '--config.sample.method=ddim', '--config.sample.num_steps=3')
+  samples = np.load(os.path.join(workdir, 'samples', 'final.npz'))
+  assert samples['images'].shape == (12, 8, 8, 1)
+  np.testing.assert_array_equal(samples['labels'], np.arange(12) % 2)  # the folder's two classes, balanced

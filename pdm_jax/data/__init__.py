@@ -1,4 +1,5 @@
-"""Input pipelines: one `build` call for every dataset name, returning (DatasetInfo, process-local batches)."""
+"""Input pipelines: one `build` call for every dataset name, returning (DatasetInfo, process-local batches), and
+`describe`, the same DatasetInfo from the config alone."""
 
 import ml_collections
 
@@ -23,3 +24,31 @@ def build(data_config: ml_collections.ConfigDict, *, global_batch_size: int, see
     return image_folder.build(data_config, **kwargs)
   from pdm_jax.data import tfds_pipeline
   return tfds_pipeline.build(data_config, **kwargs)
+
+
+def describe(data_config: ml_collections.ConfigDict) -> types.DatasetInfo:
+  """Image size, channels and classes of the configured data without reading it (num_examples is 0).
+
+  For sampling and evaluating a trained model, whose checkpoint says the rest. An image folder is listed (its class
+  sub-folders are the classes); digits and the tfds datasets are described from the config and the catalogue.
+  """
+  name = data_config.name
+  channels = int(data_config.get('num_channels', None) or 3)
+  if name == 'digits':
+    from pdm_jax.data import digits
+    return types.DatasetInfo(name=name, image_size=int(data_config.image_size), num_channels=1,
+                             num_classes=digits.NUM_CLASSES if data_config.get('use_labels', True) else None,
+                             num_examples=0)
+  if name == 'image_folder':
+    from pdm_jax.data import image_folder
+    _, labels, class_names = image_folder.list_images(data_config.get('data_dir', None) or '')
+    return types.DatasetInfo(name=name, image_size=int(data_config.image_size), num_channels=channels,
+                             num_classes=len(class_names) if labels is not None else None,
+                             num_examples=0)
+  from pdm_jax.data import datasets
+  spec = datasets.get_spec(name)
+  split = data_config.get('split', None) or spec.reference_split
+  return types.DatasetInfo(name=spec.name, image_size=int(data_config.get('image_size', None) or spec.image_size),
+                           num_channels=channels,
+                           num_classes=spec.num_classes if datasets.split_has_labels(spec, split) else None,
+                           num_examples=0)

@@ -1,7 +1,6 @@
 """The five tfds datasets of the paper: catalogue names, sizes, labels, and the reference's preprocessing."""
 
 import dataclasses
-from typing import Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,11 +13,11 @@ class DatasetSpec:
   splits: tuple[str, ...]  # named tfds splits
   unlabelled_splits: tuple[str, ...] = ()  # splits whose label is a placeholder (stl10: -1)
   reference_split: str = 'train'  # the split (or sum of splits) the reference trains on
-  examples_per_class: Optional[int] = None  # the reference's balanced subset; None: the whole split
-  attribute: Optional[str] = None  # celeb_a: label 0 where this binary attribute holds, 1 elsewhere
+  examples_per_class: int | None = None  # the reference's balanced subset; None: the whole split
+  attribute: str | None = None  # celeb_a: label 0 where this binary attribute holds, 1 elsewhere
   resize_mode: str = 'squash'  # how images whose size differs from image_size are brought to it
-  builder_module: Optional[str] = None  # module that registers a builder missing from the tfds catalogue
-  manual_file: Optional[str] = None  # archive that may be put in manual_dir instead of downloading
+  builder_module: str | None = None  # module that registers a builder missing from the tfds catalogue
+  manual_file: str | None = None  # archive that may be put in manual_dir instead of downloading
 
 
 SPECS = {

@@ -1,6 +1,5 @@
 """TensorFlow image preprocessing shared by every pipeline: decode, resize, flip, scale to [-1, 1]."""
 
-from typing import Optional
 
 import tensorflow as tf
 
@@ -44,7 +43,7 @@ def to_model_range(image: tf.Tensor) -> tf.Tensor:
 
 
 def preprocess(encoded: tf.Tensor, *, image_size: int, num_channels: int, resize_mode: str,
-               flip_seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+               flip_seed: tf.Tensor | None = None) -> tf.Tensor:
   """Encoded image () -> float32 (image_size, image_size, num_channels) in [-1, 1], flipped by flip_seed (2,)."""
   image = decode(encoded, num_channels)
   if resize_mode != 'none':

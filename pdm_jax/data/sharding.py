@@ -5,14 +5,14 @@ by (seed, epoch), and flips each image with a seed drawn from (seed, host, posit
 the batch at step k is a pure function of (seed, k) and a run resumed at step k skips straight to it.
 """
 
-from typing import Callable, Optional
+from typing import Callable
 
 import tensorflow as tf
 
 from pdm_jax.data import image_ops  # pylint: disable=unused-import  (keeps TensorFlow off the GPUs)
 
 # An example is a dict of tensors; the preprocessor turns it and an optional flip seed (2,) into model inputs.
-Preprocessor = Callable[[dict, Optional[tf.Tensor]], dict]
+Preprocessor = Callable[[dict, tf.Tensor | None], dict]
 
 _ENDLESS_EPOCHS = 2**62
 

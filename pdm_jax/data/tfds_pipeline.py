@@ -2,7 +2,7 @@
 
 import importlib
 import os
-from typing import Callable, Optional
+from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -17,7 +17,7 @@ from pdm_jax.data import types
 LabelFn = Callable[[dict], tf.Tensor]
 
 
-def resolve_data_dir(data_dir: Optional[str] = None) -> str:
+def resolve_data_dir(data_dir: str | None = None) -> str:
   """The tfds root to use: data_dir if given, else $TFDS_DATA_DIR, else tfds' default ~/tensorflow_datasets."""
   return data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser(os.path.join('~', 'tensorflow_datasets'))
 
@@ -61,7 +61,7 @@ def split_size(builder: tfds.core.DatasetBuilder, split, examples: tf.data.Datas
     return count
 
 
-def label_fn(spec: datasets.DatasetSpec, attribute: Optional[str]) -> LabelFn:
+def label_fn(spec: datasets.DatasetSpec, attribute: str | None) -> LabelFn:
   """example -> int64 class: the label feature, or for an attribute 0 where it holds and 1 elsewhere."""
   if attribute:
     # Follows the reference, where Male gives label 0 and female label 1.

@@ -1,7 +1,7 @@
 """The contract every input pipeline meets: dataset facts and process-local numpy batches."""
 
 import dataclasses
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 
@@ -12,7 +12,7 @@ class DatasetInfo:
   name: str
   image_size: int
   num_channels: int
-  num_classes: Optional[int]  # None where the data has no labels
+  num_classes: int | None  # None where the data has no labels
   num_examples: int
 
 

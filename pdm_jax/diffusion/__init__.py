@@ -9,6 +9,8 @@ from pdm_jax.diffusion.forward import posterior_mean_variance
 from pdm_jax.diffusion.forward import predict_eps_from_x0
 from pdm_jax.diffusion.forward import predict_x0_from_eps
 from pdm_jax.diffusion.forward import q_sample
+from pdm_jax.diffusion.forward import x0_from_eps
+from pdm_jax.diffusion.prediction import loss
 from pdm_jax.diffusion.prediction import loss_weights
 from pdm_jax.diffusion.prediction import PREDICTION_TYPES
 from pdm_jax.diffusion.prediction import snr

@@ -41,11 +41,15 @@ def posterior_mean_variance(schedule: Schedule, x0: jnp.ndarray, x_t: jnp.ndarra
   return mean, variance, log_variance
 
 
+def x0_from_eps(x_t: jnp.ndarray, eps: jnp.ndarray, alpha_bar: jnp.ndarray) -> jnp.ndarray:
+  """The x0 that x_t = sqrt(a_bar) x0 + sqrt(1 - a_bar) eps implies; alpha_bar broadcasts to x_t (e.g. (N, 1, 1, 1))."""
+  return (x_t - jnp.sqrt(1.0 - alpha_bar) * eps) / jnp.sqrt(alpha_bar)
+
+
 def predict_x0_from_eps(schedule: Schedule, x_t: jnp.ndarray, t: jnp.ndarray, eps: jnp.ndarray) -> jnp.ndarray:
-  """Inverts q_sample for x0 given the noise: (x_t - sqrt(1 - a_bar) eps) / sqrt(a_bar); shapes (N, H, W, C)."""
+  """Inverts q_sample for x0 given the noise at integer timesteps t (N,); shapes (N, H, W, C)."""
   _check_batch(x_t, t)
-  return ((x_t - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * eps)
-          / extract(schedule.sqrt_alphas_cumprod, t, x_t.ndim))
+  return x0_from_eps(x_t, eps, extract(schedule.alphas_cumprod, t, x_t.ndim))
 
 
 def predict_eps_from_x0(schedule: Schedule, x_t: jnp.ndarray, t: jnp.ndarray, x0: jnp.ndarray) -> jnp.ndarray:

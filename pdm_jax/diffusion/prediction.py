@@ -1,9 +1,10 @@
-"""Network parameterisations (epsilon, sample, v), their training targets and SNR loss weights."""
+"""Network parameterisations (epsilon, sample, v), their training targets, SNR loss weights and the diffusion loss."""
 
 import jax.numpy as jnp
 
 from pdm_jax.diffusion.continuous_time import alphas_cumprod_at
 from pdm_jax.diffusion.forward import _check_batch
+from pdm_jax.diffusion.forward import x0_from_eps
 from pdm_jax.diffusion.schedules import Schedule
 
 PREDICTION_TYPES = ('epsilon', 'sample', 'v')
@@ -34,33 +35,39 @@ def training_target(schedule: Schedule, x0: jnp.ndarray, noise: jnp.ndarray, t: 
   return sqrt_ab * noise - sqrt_one_minus_ab * x0
 
 
-def to_epsilon(schedule: Schedule, model_output: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray,
-               prediction_type: str) -> jnp.ndarray:
-  """Converts a network output of `prediction_type` to the noise prediction; shapes (N, H, W, C)."""
+def _x0_and_epsilon(schedule: Schedule, model_output: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray,
+                    prediction_type: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(x0, noise) predictions that a network output of `prediction_type` stands for; shapes (N, H, W, C).
+
+  Under jit the one a caller drops is never computed.
+  """
   _check_type(prediction_type)
   _check_batch(x_t, t)
-  if prediction_type == 'epsilon':
-    return model_output
   sqrt_ab, sqrt_one_minus_ab = _coefficients(schedule, t, x_t.ndim)
+  if prediction_type == 'epsilon':
+    return x0_from_eps(x_t, model_output, sqrt_ab**2), model_output
   if prediction_type == 'sample':
     # At t = -1 (alpha_bar = 1, reached by ODE solvers) eps is 0/0; its limit -sigma * score is 0.
     noisy = sqrt_one_minus_ab > 0
-    return jnp.where(noisy, (x_t - sqrt_ab * model_output) / jnp.where(noisy, sqrt_one_minus_ab, 1.0), 0.0)
+    eps = jnp.where(noisy, (x_t - sqrt_ab * model_output) / jnp.where(noisy, sqrt_one_minus_ab, 1.0), 0.0)
+    return model_output, eps
   # From x_t = sqrt_ab x0 + s eps and v = sqrt_ab eps - s x0 with sqrt_ab^2 + s^2 = 1.
-  return sqrt_one_minus_ab * x_t + sqrt_ab * model_output
+  return sqrt_ab * x_t - sqrt_one_minus_ab * model_output, sqrt_one_minus_ab * x_t + sqrt_ab * model_output
+
+
+def to_epsilon(schedule: Schedule, model_output: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray,
+               prediction_type: str) -> jnp.ndarray:
+  """Converts a network output of `prediction_type` to the noise prediction; shapes (N, H, W, C)."""
+  if prediction_type == 'epsilon':
+    _check_batch(x_t, t)
+    return model_output
+  return _x0_and_epsilon(schedule, model_output, x_t, t, prediction_type)[1]
 
 
 def to_x0(schedule: Schedule, model_output: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray,
           prediction_type: str) -> jnp.ndarray:
   """Converts a network output of `prediction_type` to the x0 prediction; shapes (N, H, W, C)."""
-  _check_type(prediction_type)
-  _check_batch(x_t, t)
-  if prediction_type == 'sample':
-    return model_output
-  sqrt_ab, sqrt_one_minus_ab = _coefficients(schedule, t, x_t.ndim)
-  if prediction_type == 'epsilon':
-    return (x_t - sqrt_one_minus_ab * model_output) / sqrt_ab
-  return sqrt_ab * x_t - sqrt_one_minus_ab * model_output
+  return _x0_and_epsilon(schedule, model_output, x_t, t, prediction_type)[0]
 
 
 def snr(schedule: Schedule, t: jnp.ndarray) -> jnp.ndarray:
@@ -90,3 +97,13 @@ def loss_weights(schedule: Schedule, t: jnp.ndarray, weighting: str, prediction_
   if prediction_type == 'sample':
     return clipped
   return clipped / (ratio + 1.0)
+
+
+def loss(schedule: Schedule, model_output: jnp.ndarray, x0: jnp.ndarray, noise: jnp.ndarray, t: jnp.ndarray, *,
+         prediction_type: str, weighting: str = 'uniform', snr_gamma: float = 5.0) -> jnp.ndarray:
+  """The diffusion loss of every model kind: the weighted mean over images of each image's mean squared error
+  between the network output and the target of `prediction_type`. (N, H, W, C) arrays, t (N,) -> scalar."""
+  target = training_target(schedule, x0, noise, t, prediction_type)
+  weights = loss_weights(schedule, t, weighting, prediction_type, snr_gamma)
+  per_image = jnp.mean((model_output - target)**2, axis=tuple(range(1, model_output.ndim)))
+  return jnp.mean(weights * per_image)

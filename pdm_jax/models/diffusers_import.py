@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from pdm_jax import torch_weights
 from pdm_jax.models import unet as unet_lib
 
 # diffusers' UNet2DModel defaults, used where an (old) config omits a key.
@@ -78,7 +79,7 @@ _WEIGHT_FILES = ('diffusion_pytorch_model.safetensors',
 _REFERENCE_BOTTLENECK_HEADS = 8
 
 
-def unet_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+def unet_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> dict[str, Any]:
   """Maps a diffusers UNet2DModel config.json dict to UNet2D keyword arguments."""
   class_name = config.get('_class_name', 'UNet2DModel')
   if class_name != 'UNet2DModel':
@@ -112,7 +113,7 @@ def unet_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> Dict[str, An
   return kwargs
 
 
-def _flax_module_path(key: str) -> Tuple[Tuple[str, ...], str]:
+def _flax_module_path(key: str) -> tuple[tuple[str, ...], str]:
   """'down_blocks.0.attentions.1.query.weight' -> (module path, leaf name)."""
   # 'name.<i>' becomes the flax list-style name 'name_<i>'.
   parts = re.sub(r'\.(\d+)(?=\.|$)', r'_\1', key).split('.')
@@ -156,7 +157,7 @@ def _to_flax(leaf_kind: str, tensor: np.ndarray) -> np.ndarray:
   return tensor
 
 
-def _torch_shape(leaf_kind: str, shape) -> Tuple[int, ...]:
+def _torch_shape(leaf_kind: str, shape) -> tuple[int, ...]:
   """The torch-layout shape of a flax leaf of `leaf_kind`, for error messages."""
   if leaf_kind == 'kernel' and len(shape) == 4:
     return (shape[3], shape[2], shape[0], shape[1])
@@ -180,7 +181,7 @@ def _context_dim(state_dict, channels):
   return channels
 
 
-def expected_param_shapes(module: unet_lib.UNet2D, context_dim: Optional[int] = None):
+def expected_param_shapes(module: unet_lib.UNet2D, context_dim: int | None = None):
   """Flat {path tuple: shape} of `module`'s params, without allocating them."""
   size = 2 ** (len(module.block_out_channels) - 1)
   sample = jnp.zeros((1, size, size, module.in_channels), module.dtype)
@@ -197,7 +198,7 @@ def expected_param_shapes(module: unet_lib.UNet2D, context_dim: Optional[int] = 
 
 
 def convert_diffusers_state_dict(state_dict: Mapping[str, Any],
-                                 module_config: Union[unet_lib.UNet2D, Mapping[str, Any]],
+                                 module_config: unet_lib.UNet2D | Mapping[str, Any],
                                  prefix: str = '', strict: bool = True):
   """diffusers state dict {key: torch-layout array} -> UNet2D params tree (shape-checked).
 
@@ -247,19 +248,12 @@ def convert_diffusers_state_dict(state_dict: Mapping[str, Any],
   return traverse_util.unflatten_dict(params)
 
 
-def read_state_dict(path: str) -> Dict[str, np.ndarray]:
-  """Reads a .safetensors (numpy, no torch) or .bin (torch) file into numpy arrays."""
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Reads a .safetensors or torch .bin file into numpy arrays; neither needs torch."""
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     return load_file(path)
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ValueError(f'{path} is a torch pickle and torch is not installed: '
-                     'pip install torch, or save the model as safetensors') from e
-  state_dict = torch.load(path, map_location='cpu', weights_only=True)
-  return {key: _to_numpy(value) for key, value in state_dict.items()
-          if hasattr(value, 'detach')}
+  return torch_weights.read_state_dict(path)
 
 
 def _resolve_unet_dir(directory: str) -> str:
@@ -272,7 +266,7 @@ def _resolve_unet_dir(directory: str) -> str:
                    'a diffusers UNet2DModel (or pipeline) directory')
 
 
-def _read_weights(unet_dir: str) -> Dict[str, np.ndarray]:
+def _read_weights(unet_dir: str) -> dict[str, np.ndarray]:
   """All tensors of a diffusers model directory, single-file or sharded."""
   for name in _WEIGHT_FILES:
     path = os.path.join(unet_dir, name)
@@ -290,7 +284,7 @@ def _read_weights(unet_dir: str) -> Dict[str, np.ndarray]:
 
 
 def load_diffusers_unet(directory: str, dtype: Any = jnp.float32,
-                        strict: bool = True) -> Tuple[unet_lib.UNet2D, Dict[str, Any]]:
+                        strict: bool = True) -> tuple[unet_lib.UNet2D, dict[str, Any]]:
   """Loads a diffusers UNet2DModel (or pipeline) directory -> (UNet2D, params).
 
   A `bottleneck_attn.*` tensor (reference PDM's Unet) turns on bottleneck_attention.

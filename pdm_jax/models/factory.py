@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from pdm_jax.models import attention
+from pdm_jax.models import kinds
 from pdm_jax.models import pdm
 from pdm_jax.models import unet as unet_lib
 
@@ -19,15 +20,34 @@ def compute_dtype(name: str):
   return DTYPES[name]
 
 
+# model.* fields that fix the UNet's parameter shapes (with the image shape and the model kind's extras below).
+_UNET_SHAPE_FIELDS = ('block_out_channels', 'layers_per_block', 'down_block_types', 'up_block_types',
+                      'attention_head_dim', 'norm_num_groups')
+
+
+# model.* fields passed as they are: to the UNet, and to the prototype memory and its losses.
+_UNET_SETTINGS = ('dropout', 'bottleneck_num_heads', 'attention_impl', 'attention_chunk_size')
+_PROTOTYPE_SETTINGS = ('prototype_dim', 'tau', 'alpha', 'beta')
+
+
+def shape_fields(model_config: ml_collections.ConfigDict, num_conditions: int) -> dict:
+  """The model settings that fix parameter shapes (sequences as tuples); a checkpoint fits only the same ones."""
+  kind = kinds.get(model_config.type)
+  fields = {name: tuple(value) if isinstance(value, (list, tuple)) else value
+            for name, value in ((name, model_config[name]) for name in _UNET_SHAPE_FIELDS)}
+  if kind.conditional:
+    fields['num_prototypes'] = num_conditions  # classes or prototypes: the rows of the embedding or memory
+  if kind.prototype_memory:
+    fields['prototype_dim'] = model_config.prototype_dim
+  return fields
+
+
 def build_model(model_config: ml_collections.ConfigDict, *, image_size: int, num_channels: int,
                 num_classes: int | None) -> pdm.DiffusionModel:
   """Returns the DiffusionModel for `model_config` on images of (image_size, image_size, num_channels)."""
-  model_type = model_config.type
-  if model_type not in pdm.MODEL_TYPES:
-    raise ValueError(f'Unknown model.type={model_type!r}: use one of {", ".join(pdm.MODEL_TYPES)}.')
-  if model_type in pdm.CLASS_CONDITIONAL_MODELS and not num_classes:
-    raise ValueError(f'model.type={model_type} needs labels, but the dataset has none: '
-                     'use a labelled dataset (data.use_labels=True) or model.type=pdm.')
+  kind = kinds.get(model_config.type)
+  # One prototype (or class embedding) per class for the class-conditional kinds; 0 for the unconditional one.
+  num_prototypes = kind.num_conditions(model_config.num_prototypes, num_classes)
   unet_lib.check_unet_config(
       image_size=image_size,
       block_out_channels=tuple(model_config.block_out_channels),
@@ -36,34 +56,13 @@ def build_model(model_config: ml_collections.ConfigDict, *, image_size: int, num
       up_block_types=tuple(model_config.up_block_types))
   attention.check_attention_impl(model_config.attention_impl, model_config.attention_chunk_size)
   dtype = compute_dtype(model_config.dtype)
-  # One prototype (or class embedding) per class for the supervised models.
-  num_prototypes = num_classes if model_type in pdm.CLASS_CONDITIONAL_MODELS else model_config.num_prototypes
-  if model_type == 'pdm' and num_prototypes < 1:
-    raise ValueError(f'model.num_prototypes={num_prototypes}: PDM needs at least one prototype.')
   bottleneck_channels = model_config.block_out_channels[-1]
-  if model_type in pdm.PROTOTYPE_MODELS and bottleneck_channels % model_config.bottleneck_num_heads:
+  if kind.prototype_memory and bottleneck_channels % model_config.bottleneck_num_heads:
     raise ValueError(f'model.bottleneck_num_heads={model_config.bottleneck_num_heads} does not divide the '
                      f'bottleneck width {bottleneck_channels}: change either.')
-  unet_config = dict(
-      in_channels=num_channels,
-      out_channels=num_channels,
-      block_out_channels=tuple(model_config.block_out_channels),
-      layers_per_block=model_config.layers_per_block,
-      down_block_types=tuple(model_config.down_block_types),
-      up_block_types=tuple(model_config.up_block_types),
-      attention_head_dim=model_config.attention_head_dim,
-      norm_num_groups=model_config.norm_num_groups,
-      dropout=model_config.dropout,
-      bottleneck_num_heads=model_config.bottleneck_num_heads,
-      attention_impl=model_config.attention_impl,
-      attention_chunk_size=model_config.attention_chunk_size,
-      remat=bool(model_config.remat))
-  return pdm.DiffusionModel(
-      model_type=model_type,
-      unet_config=unet_config,
-      num_prototypes=num_prototypes or 0,
-      prototype_dim=model_config.prototype_dim,
-      tau=model_config.tau,
-      alpha=model_config.alpha,
-      beta=model_config.beta,
-      dtype=dtype)
+  shapes = shape_fields(model_config, num_prototypes)
+  unet_config = {name: shapes[name] for name in _UNET_SHAPE_FIELDS}
+  unet_config.update({name: model_config[name] for name in _UNET_SETTINGS},
+                     in_channels=num_channels, out_channels=num_channels, remat=bool(model_config.remat))
+  return pdm.DiffusionModel(model_type=kind.name, unet_config=unet_config, num_prototypes=num_prototypes,
+                            dtype=dtype, **{name: model_config[name] for name in _PROTOTYPE_SETTINGS})

@@ -1,19 +1,14 @@
-"""The denoiser of every model type: a UNet, conditioned for PDM / s-PDM on one prototype token."""
+"""The denoiser of every model kind (models/kinds.py): a UNet, conditioned for PDM / s-PDM on one prototype token."""
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pdm_jax.models import kinds
 from pdm_jax.models import prototypes as prototypes_lib
 from pdm_jax.models.unet import UNet2D
-
-# ddpm: unconditional baseline; cddpm: class-conditional DDPM (class embedding added to the time embedding);
-# pdm: nearest of K learned prototypes; spdm: one prototype per class, chosen by label.
-MODEL_TYPES = ('ddpm', 'cddpm', 'pdm', 'spdm')
-PROTOTYPE_MODELS = ('pdm', 'spdm')
-CLASS_CONDITIONAL_MODELS = ('cddpm', 'spdm')
 
 
 class DiffusionModel(nn.Module):
@@ -27,19 +22,24 @@ class DiffusionModel(nn.Module):
   beta: float = 1.0
   dtype: Any = jnp.float32  # compute dtype of the UNet and f_phi; parameters, losses and outputs stay float32
 
+  @property
+  def kind(self) -> kinds.ModelKind:
+    """The declaration of this model's kind: conditioning, loss terms, sampling conditions."""
+    return kinds.get(self.model_type)
+
   def setup(self):
-    if self.model_type not in MODEL_TYPES:
-      raise ValueError(f'Unknown model.type={self.model_type!r}: use one of {", ".join(MODEL_TYPES)}.')
+    kind = self.kind
     self.unet = UNet2D(
         **self.unet_config,
-        bottleneck_attention=self.model_type in PROTOTYPE_MODELS,
-        num_class_embeds=self.num_prototypes if self.model_type == 'cddpm' else None,
+        bottleneck_attention=kind.prototype_memory,
+        # Label conditioning without a prototype memory is a class embedding added to the time embedding.
+        num_class_embeds=self.num_prototypes if kind.class_conditional and not kind.prototype_memory else None,
         dtype=self.dtype)
-    if self.model_type in PROTOTYPE_MODELS:
+    if kind.prototype_memory:
       self.memory = prototypes_lib.PrototypeMemory(self.num_prototypes, self.prototype_dim, self.dtype)
 
-  def __call__(self, x_t: jax.Array, t: jax.Array, *, clean_images: Optional[jax.Array] = None,
-               labels: Optional[jax.Array] = None, prototype_ids: Optional[jax.Array] = None,
+  def __call__(self, x_t: jax.Array, t: jax.Array, *, clean_images: jax.Array | None = None,
+               labels: jax.Array | None = None, prototype_ids: jax.Array | None = None,
                train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """x_t (B, H, W, C), t (B,) -> ((B, H, W, C) output, aux dict).
 
@@ -47,19 +47,20 @@ class DiffusionModel(nn.Module):
     prototype, spdm / cddpm: the class).
     """
     t = jnp.broadcast_to(jnp.asarray(t), (x_t.shape[0],))
-    if self.model_type == 'ddpm':
+    kind = self.kind
+    if not kind.conditional:
       return self.unet(x_t, t, train=train), {}
-    if self.model_type == 'cddpm':
+    if not kind.prototype_memory:
       classes = labels if labels is not None else prototype_ids
       if classes is None:
-        raise ValueError('cddpm needs class labels: pass labels= (training) or prototype_ids= (sampling).')
+        raise ValueError(f'{kind.name} needs class labels: pass labels= (training) or prototype_ids= (sampling).')
       return self.unet(x_t, t, class_labels=classes, train=train), {}
 
     aux: dict[str, jax.Array] = {}
     if clean_images is not None:
       features = self.memory.encode(clean_images, train=train)
       bank = self.memory.all_prototypes()
-      if self.model_type == 'pdm':
+      if not kind.class_conditional:
         # The selection is an argmin: the encoder learns only through the prototype losses, as in the reference.
         selected = jnp.argmin(prototypes_lib.euclidean_distances(features, bank), axis=-1)
         beta = self.beta
@@ -71,9 +72,9 @@ class DiffusionModel(nn.Module):
       aux['selected_prototype'] = selected
     elif prototype_ids is not None:
       selected = prototype_ids
-    elif self.model_type == 'spdm' and labels is not None:
+    elif kind.class_conditional and labels is not None:
       selected = labels
     else:
-      raise ValueError(f'{self.model_type} needs clean_images (training) or prototype_ids (sampling).')
+      raise ValueError(f'{kind.name} needs clean_images (training) or prototype_ids (sampling).')
     token = self.memory(selected) + prototypes_lib.timestep_sinusoid(t, self.prototype_dim)
     return self.unet(x_t, t, context=token[:, None, :], train=train), aux

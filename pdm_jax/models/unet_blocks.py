@@ -82,18 +82,22 @@ class ResnetBlock2D(nn.Module):
     return (x + h) / self.output_scale_factor
 
 
-class SpatialSelfAttention(nn.Module):
+class _AttentionSettings(nn.Module):
+  """Settings of self-attention that the blocks holding it share."""
+  attention_head_dim: int | None = 8
+  norm_num_groups: int = 32
+  norm_eps: float = 1e-5
+  attention_impl: str = 'auto'
+  attention_chunk_size: int | None = None
+  dtype: Any = jnp.float32
+
+
+class SpatialSelfAttention(_AttentionSettings):
   """diffusers' Attention on a feature map: GroupNorm, MHSA, residual.
 
   (B, H, W, C) -> (B, H, W, C); heads = C // attention_head_dim.
   """
-  attention_head_dim: int | None = 8
-  norm_num_groups: int = 32
-  norm_eps: float = 1e-5
   output_scale_factor: float = 1.0
-  attention_impl: str = 'auto'
-  attention_chunk_size: int | None = None
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
@@ -164,16 +168,10 @@ class Upsample2D(nn.Module):
     return conv3x3(self.channels, self.dtype, 'conv')(x)
 
 
-class _Block(nn.Module):
+class _Block(_AttentionSettings):
   """Settings every resnet / attention stack shares; subclasses add their layout."""
-  attention_head_dim: int | None = 8
-  norm_num_groups: int = 32
-  norm_eps: float = 1e-5
   dropout: float = 0.0
-  attention_impl: str = 'auto'
-  attention_chunk_size: int | None = None
   remat: bool = False
-  dtype: Any = jnp.float32
 
   def resnet(self, out_channels: int, name: str, output_scale_factor: float = 1.0) -> nn.Module:
     """A (rematerialised) ResnetBlock2D; `train` (argument 3) stays a Python bool."""

@@ -8,6 +8,7 @@ from pdm_jax.sampling.ddim import transfer
 from pdm_jax.sampling.ddpm import ddpm_step
 from pdm_jax.sampling.ddpm import VARIANCES
 from pdm_jax.sampling.noise_predictor import classifier_free_guidance
+from pdm_jax.sampling.sampler import check_options
 from pdm_jax.sampling.sampler import METHODS
 from pdm_jax.sampling.sampler import sample
 from pdm_jax.sampling.sampler import sample_from_noise

@@ -7,6 +7,7 @@ import numpy as np
 
 from pdm_jax.diffusion import Schedule
 from pdm_jax.diffusion.continuous_time import alphas_cumprod_like
+from pdm_jax.diffusion.forward import x0_from_eps
 from pdm_jax.sampling.noise_predictor import evaluate
 from pdm_jax.sampling.timesteps import previous_timesteps
 
@@ -33,7 +34,7 @@ def ddim_step(schedule: Schedule, x_t: jnp.ndarray, eps: jnp.ndarray, t, t_prev,
   """
   alpha_bar = alphas_cumprod_like(schedule, t, x_t)
   alpha_bar_prev = alphas_cumprod_like(schedule, t_prev, x_t)
-  x0 = (x_t - jnp.sqrt(1.0 - alpha_bar) * eps) / jnp.sqrt(alpha_bar)
+  x0 = x0_from_eps(x_t, eps, alpha_bar)
   if clip_denoised:
     x0 = jnp.clip(x0, -1.0, 1.0)
   deterministic = isinstance(eta, (int, float)) and eta == 0

@@ -17,7 +17,8 @@ from pdm_jax.sampling.timesteps import make_timesteps
 METHODS = ('ddpm', 'ddim', 's-pndm', 'f-pndm', 'fon', 'pf')
 
 
-def _validate(schedule, method, num_steps, eta, variance):
+def check_options(schedule, method: str, num_steps=None, eta: float = 0.0, variance: str = 'beta_tilde') -> None:
+  """Raises a one-line ValueError for options `sample` would refuse (to check them before a long run)."""
   if not isinstance(schedule, Schedule):
     raise ValueError(f'schedule must be a pdm_jax.diffusion.Schedule, got {type(schedule).__name__}.')
   if method not in METHODS:
@@ -39,7 +40,7 @@ def sample_from_noise(eps_fn, schedule: Schedule, x_T: jnp.ndarray, rng=None, me
 
   rng may be None unless the method draws noise (ddpm, ddim with eta > 0).
   """
-  _validate(schedule, method, num_steps, eta, variance)
+  check_options(schedule, method, num_steps, eta, variance)
   if not hasattr(x_T, 'dtype') or not jnp.issubdtype(x_T.dtype, jnp.floating) or x_T.ndim < 1:
     raise ValueError('x_T must be a floating-point array of shape (N, ...), e.g. jax.random.normal(rng, shape).')
   needs_rng = method == 'ddpm' or (method == 'ddim' and not (isinstance(eta, (int, float)) and eta == 0))
@@ -90,7 +91,7 @@ def sample(eps_fn, schedule: Schedule, shape, rng, method: str = 'ddpm', num_ste
   if not isinstance(shape, (tuple, list)) or len(shape) < 1 or not all(
       isinstance(d, (int, np.integer)) and d > 0 for d in shape):
     raise ValueError(f'shape must be a tuple of positive ints like (N, H, W, C), got {shape!r}.')
-  _validate(schedule, method, num_steps, eta, variance)
+  check_options(schedule, method, num_steps, eta, variance)
   noise_rng, loop_rng = jax.random.split(rng)
   x_T = jax.random.normal(noise_rng, tuple(shape), jnp.float32)
   return sample_from_noise(eps_fn, schedule, x_T, loop_rng, method, num_steps, timestep_spacing=timestep_spacing,

@@ -2,32 +2,28 @@
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from pdm_jax.models import factory
 
 SIGNATURE_FILE = 'model_signature.json'
 
 
 def model_signature(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
                     num_prototypes: int) -> dict[str, Any]:
-  """The config fields that fix the parameter shapes; a checkpoint only fits a run with the same ones."""
-  model = config.model
-  return dict(
-      model_type=model.type,
-      block_out_channels=list(model.block_out_channels),
-      layers_per_block=model.layers_per_block,
-      down_block_types=list(model.down_block_types),
-      up_block_types=list(model.up_block_types),
-      attention_head_dim=model.attention_head_dim,
-      norm_num_groups=model.norm_num_groups,
-      num_prototypes=num_prototypes,
-      prototype_dim=model.prototype_dim,
-      image_shape=list(image_shape),
-      num_timesteps=config.diffusion.num_timesteps,
-      prediction_type=config.diffusion.prediction_type)
+  """The settings that fix the parameter shapes and their meaning; a checkpoint only fits a run with the same ones.
+
+  num_prototypes: the model's number of conditions (classes or prototypes). Written to the checkpoint directory, it
+  also tells --mode=sample the image shape and classes without the training data.
+  """
+  fields = factory.shape_fields(config.model, num_prototypes)
+  return dict(model_type=config.model.type, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
+              image_shape=list(image_shape), num_timesteps=config.diffusion.num_timesteps,
+              prediction_type=config.diffusion.prediction_type)
 
 
 class CheckpointError(RuntimeError):
@@ -43,20 +39,26 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every, create=True))
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None for a fresh workdir."""
     return self.manager.latest_step()
 
-  def check_signature(self, signature: dict[str, Any]) -> None:
-    """Records the model signature on first use; refuses a directory written by a different model."""
+  def read_signature(self) -> dict[str, Any] | None:
+    """The model signature recorded with these checkpoints (model_signature's fields), or None if there is none."""
     path = os.path.join(self.directory, SIGNATURE_FILE)
     if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+  def check_signature(self, signature: dict[str, Any]) -> None:
+    """Records the model signature on first use; refuses a directory written by a different model."""
+    saved = self.read_signature()
+    if saved is None:
       if jax.process_index() == 0:
-        with open(path, 'w') as f:
+        with open(os.path.join(self.directory, SIGNATURE_FILE), 'w') as f:
           json.dump(signature, f, indent=1)
       return
-    with open(path) as f:
-      saved = json.load(f)
     diffs = [f'{key}: saved {saved.get(key)!r}, now {value!r}' for key, value in signature.items()
              if saved.get(key) != value]
     if diffs:

@@ -4,7 +4,7 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -103,7 +103,7 @@ PeriodicHook = tuple[int, Callable[[Experiment, state_lib.TrainState, int], None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
-          writer: Optional[metric_writers.MetricWriter] = None,
+          writer: metric_writers.MetricWriter | None = None,
           periodic: Sequence[PeriodicHook] = ()) -> tuple[Experiment, state_lib.TrainState]:
   """Trains to config.train.num_steps from the latest checkpoint in workdir; returns the final state.
 

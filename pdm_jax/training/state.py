@@ -21,11 +21,8 @@ class TrainState:
 
 def init_variables(model, rng: jax.Array, image_shape: tuple[int, int, int]) -> dict[str, Any]:
   """Initialises every parameter (UNet, prototypes, f_phi) and BatchNorm statistics of `model`."""
-  images = jnp.zeros((1, *image_shape), jnp.float32)
-  zeros = jnp.zeros((1,), jnp.int32)
-  clean = images if model.model_type in ('pdm', 'spdm') else None
-  return model.init({'params': rng, 'dropout': rng}, images, zeros, clean_images=clean, labels=zeros,
-                    prototype_ids=zeros, train=False)
+  args, kwargs = model.kind.init_inputs(image_shape)
+  return model.init({'params': rng, 'dropout': rng}, *args, **kwargs)
 
 
 def create_train_state(model, tx: optax.GradientTransformation, init_rng: jax.Array, train_rng: jax.Array,

@@ -9,6 +9,7 @@ import ml_collections
 import optax
 
 from pdm_jax import diffusion
+from pdm_jax import xla_options
 from pdm_jax.training import sharding
 from pdm_jax.training.state import TrainState
 
@@ -50,8 +51,8 @@ def _split_micro_batches(tree: Any, num_micro: int) -> Any:
   return jax.tree.map(split, tree)
 
 
-# Scalar loss terms a model's aux may hold (averaged over micro-batches), and its per-image outputs (concatenated).
-_AUX_LOSS_TERMS = ('prototype_loss', 'contrastive_loss', 'align_loss', 'compact_loss')
+# Per-image outputs a model's aux may hold (concatenated over micro-batches); its scalar loss terms, averaged over
+# micro-batches, are those its kind declares.
 _AUX_PER_IMAGE = ('selected_prototype', 'nearest_prototype')
 
 
@@ -85,10 +86,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
   def micro_step(batch_stats, micro, dropout_rng):
     """(B', ...) inputs -> (grads, scalar losses (means over B' images), per-image aux (B',), new batch_stats)."""
     x_t = diffusion.q_sample(schedule, micro['image'], micro['t'], micro['noise'])
-    target = diffusion.training_target(schedule, micro['image'], micro['noise'], micro['t'],
-                                       config.diffusion.prediction_type)
-    weights = diffusion.loss_weights(schedule, micro['t'], config.diffusion.loss_weighting,
-                                     config.diffusion.prediction_type, config.diffusion.snr_gamma)
 
     def loss_fn(params):
       variables = {'params': params}
@@ -97,13 +94,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
       (output, aux), mutated = model.apply(
           variables, x_t, micro['t'], clean_images=micro['image'], labels=micro.get('label'), train=True,
           rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
-      per_image = jnp.mean((output - target)**2, axis=tuple(range(1, output.ndim)))
-      diffusion_loss = jnp.mean(weights * per_image)
+      diffusion_loss = diffusion.loss(schedule, output, micro['image'], micro['noise'], micro['t'],
+                                      prediction_type=config.diffusion.prediction_type,
+                                      weighting=config.diffusion.loss_weighting, snr_gamma=config.diffusion.snr_gamma)
       loss = diffusion_loss + aux.get('prototype_loss', 0.0)
       return loss, (diffusion_loss, aux, mutated.get('batch_stats', {}))
 
     (loss, (diffusion_loss, aux, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    scalars = dict(loss=loss, diffusion_loss=diffusion_loss, **{k: aux[k] for k in _AUX_LOSS_TERMS if k in aux})
+    scalars = dict(loss=loss, diffusion_loss=diffusion_loss, **{k: aux[k] for k in model.kind.loss_terms})
     return grads, scalars, {k: aux[k] for k in _AUX_PER_IMAGE if k in aux}, new_stats or batch_stats
 
   if num_micro == 1:
@@ -144,7 +142,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
                  learning_rate=learning_rate_fn(state.step))
   if 'selected_prototype' in per_image:
     metrics.update(prototype_usage(per_image['selected_prototype'], model.num_prototypes))
-    if config.model.type == 'spdm':
+    if model.kind.class_conditional:
       # How often f_phi's nearest prototype is the labelled one: is the memory learning the classes?
       metrics['prototype_accuracy'] = jnp.mean((per_image['nearest_prototype'] == per_image_labels).astype(jnp.float32))
   next_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
@@ -157,4 +155,5 @@ def make_train_step(model, tx, schedule, config, learning_rate_fn, mesh) -> Call
   step = functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
                            learning_rate_fn=learning_rate_fn)
   return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                 out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)), donate_argnums=(0,))
+                 out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)), donate_argnums=(0,),
+                 compiler_options=xla_options.compiler_options())

@@ -1,7 +1,5 @@
 """Sampling from a trained model: conditioning ids per sample, the compiled sampler, sharded batches."""
 
-from typing import Optional
-
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -10,30 +8,29 @@ import numpy as np
 
 from pdm_jax import diffusion
 from pdm_jax import sampling
-from pdm_jax.models import pdm
+from pdm_jax import xla_options
 from pdm_jax.training import sharding
 
 
-def conditioning_ids(model, num_samples: int, rng: jax.Array, label: Optional[int] = None
-                     ) -> Optional[np.ndarray]:
-  """(num_samples,) ids: classes (balanced, or all `label`) for spdm / cddpm, uniform prototypes for pdm."""
-  if model.model_type == 'ddpm':
-    return None
-  count = model.num_prototypes
-  if model.model_type == 'pdm':
-    return np.asarray(jax.random.randint(rng, (num_samples,), 0, count), np.int32)
-  if label is None:
-    return (np.arange(num_samples) % count).astype(np.int32)
-  if not 0 <= label < count:
-    raise ValueError(f'sample.label={label} is out of range: the model has classes 0..{count - 1}.')
-  return np.full((num_samples,), label, np.int32)
+def sample_choice(model, sample_config: ml_collections.ConfigDict) -> int | None:
+  """The one class (sample.label) every sample is drawn from, or None; prototype draws ignore sample.label."""
+  return sample_config.label if model.kind.class_conditional else None
+
+
+def check_sample_config(model, schedule: diffusion.Schedule, sample_config: ml_collections.ConfigDict) -> None:
+  """One-line ValueErrors for sample.* settings that sampling would refuse, so a run can stop before training."""
+  sampling.check_options(schedule, sample_config.method, sample_config.num_steps)
+  for field in ('num_samples', 'batch_size'):
+    if sample_config[field] < 1:
+      raise ValueError(f'sample.{field}={sample_config[field]} must be at least 1.')
+  model.kind.check_choice(sample_choice(model, sample_config), model.num_prototypes)
 
 
 def make_sampler(model, schedule: diffusion.Schedule, sample_config: ml_collections.ConfigDict,
                  prediction_type: str, shape: tuple[int, ...], mesh, redraw_prototypes: bool = False):
   """A jitted (variables, rng, ids (N,)) -> (N, H, W, C) float images; the batch is split over the mesh."""
   num_steps = sample_config.num_steps
-  conditional = model.model_type != 'ddpm'
+  conditional = model.kind.conditional
 
   def run(variables, rng, ids):
     noise_rng, redraw_rng = jax.random.split(rng)
@@ -50,11 +47,12 @@ def make_sampler(model, schedule: diffusion.Schedule, sample_config: ml_collecti
     return sampling.sample(eps_fn, schedule, shape, noise_rng, method=sample_config.method, num_steps=num_steps)
 
   data = sharding.batch_sharded(mesh)
-  return jax.jit(run, in_shardings=(sharding.replicated(mesh), sharding.replicated(mesh), data), out_shardings=data)
+  return jax.jit(run, in_shardings=(sharding.replicated(mesh), sharding.replicated(mesh), data), out_shardings=data,
+                 compiler_options=xla_options.compiler_options())
 
 
 def make_generator(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
-                   image_shape: tuple[int, int, int], mesh, num_samples: Optional[int] = None):
+                   image_shape: tuple[int, int, int], mesh, num_samples: int | None = None):
   """A reusable (variables, rng) -> (images (N, H, W, C) in [-1, 1], ids (N,) or None); compiles the sampler once.
 
   N is num_samples (default config.sample.num_samples); batches of config.sample.batch_size split over the mesh.
@@ -67,11 +65,12 @@ def make_generator(model, schedule: diffusion.Schedule, config: ml_collections.C
   batch = -(-min(sample_config.batch_size, num_samples) // mesh.size) * mesh.size
   sampler = make_sampler(model, schedule, sample_config, config.diffusion.prediction_type,
                          (batch, *image_shape), mesh,
-                         redraw_prototypes=model.model_type == 'pdm' and config.model.redraw_prototype_each_step)
+                         redraw_prototypes=(model.kind.conditioning == 'prototype'
+                                            and config.model.redraw_prototype_each_step))
 
-  def run(variables, rng: jax.Array) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  def run(variables, rng: jax.Array) -> tuple[np.ndarray, np.ndarray | None]:
     ids_rng, loop_rng = jax.random.split(rng)
-    ids = conditioning_ids(model, num_samples, ids_rng, sample_config.label)
+    ids = model.kind.draw_conditions(num_samples, model.num_prototypes, ids_rng, sample_choice(model, sample_config))
     outputs = []
     for index, start in enumerate(range(0, num_samples, batch)):
       chunk = np.zeros((batch,), np.int32) if ids is None else np.resize(ids[start:start + batch], (batch,))
@@ -84,8 +83,8 @@ def make_generator(model, schedule: diffusion.Schedule, config: ml_collections.C
 
 
 def generate(model, variables, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
-             image_shape: tuple[int, int, int], rng: jax.Array, mesh, num_samples: Optional[int] = None
-             ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+             image_shape: tuple[int, int, int], rng: jax.Array, mesh, num_samples: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
   """num_samples (default config.sample.num_samples) images in [-1, 1] (N, H, W, C) and their ids (None for ddpm)."""
   return make_generator(model, schedule, config, image_shape, mesh, num_samples)(variables, rng)
 
@@ -96,8 +95,3 @@ def sampling_variables(state, use_ema: bool) -> dict:
   if state.batch_stats:
     variables['batch_stats'] = state.batch_stats
   return variables
-
-
-def is_class_conditional(model) -> bool:
-  """Whether sample ids are class labels (rather than prototype draws)."""
-  return model.model_type in pdm.CLASS_CONDITIONAL_MODELS

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Iterator, Optional
+from typing import Iterator
 
 import jax
 import ml_collections
@@ -25,7 +25,8 @@ from pdm_jax.evaluation import inception
 from pdm_jax.evaluation import inception_weights
 from pdm_jax.evaluation import metrics
 from pdm_jax.evaluation import reference_stats
-from pdm_jax.training import generate
+from pdm_jax.inference import generate
+from pdm_jax.inference import restore
 from pdm_jax.training import loop
 
 EVAL_DIR = 'eval'
@@ -108,7 +109,7 @@ def check_eval_config(config: ml_collections.ConfigDict, num_samples: int, field
 
 
 def evaluate_samples(images, labels, config: ml_collections.ConfigDict,
-                     inception_reference: Optional[InceptionReference] = None) -> dict:
+                     inception_reference: InceptionReference | None = None) -> dict:
   """Scores uint8 samples (N, H, W, C) with intended labels (N,) or None: FID / KID / IS and digits_* keys.
 
   Inception metrics only when config.eval.inception (loading the network if inception_reference is None).
@@ -132,14 +133,14 @@ def evaluate_samples(images, labels, config: ml_collections.ConfigDict,
 
 
 def generate_uint8(experiment: loop.Experiment, state, rng: jax.Array, generator
-                   ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
   """Samples with generator (generate.make_generator) from state's EMA / raw params: uint8 (N, H, W, C), labels (N,).
 
   labels are the intended classes of class-conditional models, None otherwise (prototype draws are not classes).
   """
   variables = generate.sampling_variables(state, experiment.config.sample.use_ema)
   images, ids = generator(variables, rng)
-  labels = ids if generate.is_class_conditional(experiment.model) else None
+  labels = ids if experiment.model.kind.class_conditional else None
   return image_grid.to_uint8(images), labels
 
 
@@ -152,15 +153,12 @@ def _scalars(result: dict) -> dict[str, float]:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Scores config.eval.num_samples samples of the latest checkpoint; writes <workdir>/eval/metrics.json and a grid."""
   check_eval_config(config, config.eval.num_samples, 'eval.num_samples')
-  info, _ = data.build(config.data, global_batch_size=config.train.batch_size, seed=config.seed, train=False)
-  experiment = loop.build_experiment(config, workdir, info)
+  experiment, state = restore.restore_latest(config, workdir)
   try:
-    if experiment.checkpointer.latest_step() is None:
-      raise FileNotFoundError(f'no checkpoint in {experiment.checkpointer.directory} to evaluate: train first with '
-                              '--mode=train and the same --workdir.')
-    # Weights and reference statistics before sampling, so a missing file stops the run before the long part.
+    generate.check_sample_config(experiment.model, experiment.schedule, config.sample)
+    # Weights and reference statistics (reading the real data only if not cached) before sampling, so a missing
+    # file stops the run before the long part.
     inception_reference = load_inception_reference(config) if config.eval.inception else None
-    state = loop.initial_state(experiment)
     step = int(jax.device_get(state.step))
     generator = generate.make_generator(experiment.model, experiment.schedule, config, experiment.image_shape,
                                         experiment.mesh, num_samples=config.eval.num_samples)
