@@ -12,10 +12,12 @@ import jax
 from ml_collections import config_flags
 
 from pdm_jax import run
+from pdm_jax import workdir_lock
 from pdm_jax.training import checkpoints
 
 # Errors that mean "change your input", reported as one line; anything else keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, checkpoints.CheckpointError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, checkpoints.CheckpointError,
+               workdir_lock.WorkdirBusyError)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).', lock_config=True)

@@ -1,5 +1,6 @@
 """Entry points behind main.py: train (then sample), sample, or evaluate (FID / KID / IS) the latest checkpoint."""
 
+import functools
 import json
 import os
 
@@ -9,13 +10,12 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from pdm_jax import data
-from pdm_jax import diffusion
 from pdm_jax import image_grid
+from pdm_jax import preflight
+from pdm_jax import workdir_lock
 from pdm_jax.inference import evaluate as evaluate_lib
 from pdm_jax.inference import generate
 from pdm_jax.inference import restore
-from pdm_jax.models import factory
 from pdm_jax.training import loop
 
 MODES = ('train', 'sample', 'eval')
@@ -58,19 +58,22 @@ def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = '
   return report, images
 
 
-def check_sample_settings(config: ml_collections.ConfigDict) -> None:
-  """Stops a training run at once (one line) on sample.* settings that would fail only after training."""
-  info = data.describe(config.data)
-  model = factory.build_model(config.model, image_size=info.image_size, num_channels=info.num_channels,
-                              num_classes=info.num_classes)
-  schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
-                                     config.diffusion.beta_start, config.diffusion.beta_end)
-  generate.check_sample_config(model, schedule, config.sample)
+def _entry_point(mode: str):
+  """Wraps a (config, workdir) entry point: checks the config for `mode` first, then holds the workdir's lock."""
+  def wrap(fn):
+    @functools.wraps(fn)
+    def run(config: ml_collections.ConfigDict, workdir: str):
+      preflight.check(config, mode)
+      # Processes of one multi-host run share the workdir: the first process speaks for the run.
+      with workdir_lock.WorkdirLock(workdir, mode, enabled=jax.process_index() == 0):
+        return fn(config, workdir)
+    return run
+  return wrap
 
 
+@_entry_point('train')
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming; evaluating every eval.every_steps when set), then writes the final samples."""
-  check_sample_settings(config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   periodic = []
   if config.eval.every_steps:
@@ -86,6 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return report
 
 
+@_entry_point('sample')
 def sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes samples from the latest checkpoint in workdir with the configured sampler; needs no training data."""
   experiment, state = restore.restore_latest(config, workdir)
@@ -97,6 +101,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return report
 
 
+@_entry_point('eval')
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Scores eval.num_samples samples of the latest checkpoint; writes <workdir>/eval/metrics.json (FID, KID, IS)."""
   return evaluate_lib.evaluate_checkpoint(config, workdir)

@@ -77,6 +77,11 @@ def make_generator(model, schedule: diffusion.Schedule, config: ml_collections.C
       images = sampler(variables, jax.random.fold_in(loop_rng, index), chunk)
       # On several hosts each holds only its shards: gather the whole batch (a plain copy on one host).
       outputs.append(np.asarray(multihost_utils.process_allgather(images, tiled=True))[:num_samples - start])
+      if not np.isfinite(outputs[-1]).all():
+        hint = ('the probability-flow solver did not reach the data (non-finite network output, or its step limit)'
+                if sample_config.method == 'pf' else 'the network output was not finite')
+        raise FloatingPointError(f'samples of batch {index} are not finite: {hint}; sample from another checkpoint, '
+                                 'or with another sample.method.')
     return np.concatenate(outputs), ids
 
   return run

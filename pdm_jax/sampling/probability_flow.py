@@ -30,7 +30,11 @@ _B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 
 
 def probability_flow_solve(eps_fn, schedule: Schedule, x: jnp.ndarray, rtol: float = 1e-5, atol: float = 1e-5,
                            max_steps: int = 4096):
-  """Integrates x (N, H, W, C) from t = T-1 to clean data; returns (x0, number of eps_fn evaluations int32)."""
+  """Integrates x (N, H, W, C) from t = T-1 to clean data; returns (x0, number of eps_fn evaluations int32).
+
+  If the step controller does not reach the data within max_steps attempts (or breaks down on a non-finite
+  network output), x0 is all NaN rather than a silently unfinished state: callers check samples for finiteness.
+  """
   if not (rtol > 0 and atol > 0):
     raise ValueError(f'ode_rtol and ode_atol must be positive, got {rtol}, {atol}.')
 
@@ -76,5 +80,5 @@ def probability_flow_solve(eps_fn, schedule: Schedule, x: jnp.ndarray, rtol: flo
   slope = derivative(u_max, x)
   # First trial step: 5% of the range; the controller corrects it within a few attempts.
   state = (u_max, x, slope, -0.05 * u_max, jnp.asarray(1, jnp.int32), jnp.asarray(0, jnp.int32))
-  _, x0, _, _, nfe, _ = lax.while_loop(cond, body, state)
-  return x0, nfe
+  u_end, x0, _, _, nfe, _ = lax.while_loop(cond, body, state)
+  return jnp.where(u_end > 0, jnp.nan, x0), nfe

@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
 from pdm_jax.models import factory
 
@@ -75,6 +76,39 @@ class Checkpointer:
           f'checkpoint {step} in {self.directory} could not be restored ({type(e).__name__}: '
           f'{str(e).splitlines()[0][:200] if str(e) else ""}); move that step directory aside to resume from '
           'an earlier one, or use a new --workdir.') from e
+
+  def restore_latest_readable(self, target: Any) -> Any:
+    """Restores the newest checkpoint that can be read into `target`'s structure.
+
+    An unreadable newer one (a partial write, a corrupt file) is moved to <workdir>/checkpoints_set_aside/ with a
+    warning, never deleted, and the next older one is tried. With several processes the error stands instead (they
+    would have to agree on what to move).
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for index, step in enumerate(steps):
+      try:
+        return self.restore(step, target)
+      except CheckpointError as error:
+        if index == len(steps) - 1 or jax.process_count() > 1:
+          raise
+        aside = self._set_aside(step)
+        logging.warning('%s Moved it to %s; trying checkpoint %d.', error, aside, steps[index + 1])
+    raise CheckpointError(f'no checkpoint in {self.directory} to restore.')
+
+  def _set_aside(self, step: int) -> str:
+    """Moves checkpoint `step` out of the manager's directory (kept for inspection); returns where it went."""
+    aside_dir = os.path.join(os.path.dirname(self.directory), 'checkpoints_set_aside')
+    os.makedirs(aside_dir, exist_ok=True)
+    target, suffix = os.path.join(aside_dir, str(step)), 1
+    while os.path.exists(target):
+      target, suffix = os.path.join(aside_dir, f'{step}.{suffix}'), suffix + 1
+    os.rename(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()
+    return target
+
+  def should_save(self, step: int) -> bool:
+    """Whether `step` is due a checkpoint (the interval, the first step of a directory, or an agreed preemption)."""
+    return self.manager.should_save(step)
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
     """Saves `state` as checkpoint `step` when the interval says so (or `force`); returns whether it did."""

@@ -73,23 +73,83 @@ def initial_state(experiment: Experiment) -> state_lib.TrainState:
     logging.info('Resuming from checkpoint %d in %s', latest, experiment.checkpointer.directory)
     # Restoring needs only shapes, dtypes and shardings: tracing init costs well under a second, compiling it
     # tens of seconds on a CPU (every --mode=sample / eval would pay that).
-    return experiment.checkpointer.restore(latest, jax.eval_shape(init))
+    return experiment.checkpointer.restore_latest_readable(jax.eval_shape(init))
   return init()
 
 
+# Exit status of a run stopped by SIGTERM after saving: what a process killed by SIGTERM reports (128 + 15), so
+# schedulers that requeue preempted jobs treat it alike, and distinct from errors (1).
+PREEMPTED_EXIT_CODE = 143
+
+
+class Preempted(SystemExit):
+  """The run stopped on SIGTERM with its state saved; rerunning the same command resumes."""
+
+  def __init__(self, message: str):
+    super().__init__(PREEMPTED_EXIT_CODE)
+    self.message = message
+
+  def __str__(self) -> str:
+    return self.message
+
+
 class _PreemptionFlag:
-  """Set by SIGTERM (how schedulers preempt) so the loop can save and stop between steps."""
+  """While training: SIGTERM (how schedulers preempt) sets a flag so the loop saves and stops between steps.
+
+  A context manager: on leaving it the previous handler is back, so SIGTERM during final sampling or evaluation
+  stops the process at once (the final checkpoint is already saved).
+  """
 
   def __init__(self):
     self.raised = False
+    self._previous = None
+
+  def __enter__(self) -> '_PreemptionFlag':
     try:
-      signal.signal(signal.SIGTERM, self._handle)
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (some test runners): no preemption handling there
       pass
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.raised = True
+
+
+class NonFiniteError(FloatingPointError):
+  """A step produced a non-finite loss, gradient or parameter; nothing from it was saved."""
+
+
+class _FiniteGuard:
+  """Checks each step's on-device `finite` flag one step late, so reading it never stalls the device.
+
+  check(step) blocks only on steps that have finished or are needed now (before a save, an evaluation, the end).
+  """
+
+  def __init__(self, checkpointer: checkpoints.Checkpointer):
+    self.checkpointer = checkpointer
+    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self._pending.append((step, metrics))
+
+  def check(self, up_to: int) -> None:
+    """Raises NonFiniteError if any step <= up_to was not finite."""
+    while self._pending and self._pending[0][0] <= up_to:
+      step, metrics = self._pending.pop(0)
+      if float(jax.device_get(metrics['finite'])) != 1.0:
+        values = {k: float(jax.device_get(metrics[k])) for k in ('loss', 'grad_norm', 'param_norm')}
+        last_good = self.checkpointer.latest_step()
+        where = (f'checkpoint {last_good} in {self.checkpointer.directory} is the last good one, and a rerun resumes '
+                 'from it' if last_good is not None else 'no checkpoint was saved yet')
+        raise NonFiniteError(
+            f'step {step} was not finite (loss {values["loss"]:.4g}, gradient norm {values["grad_norm"]:.4g}, '
+            f'parameter norm {values["param_norm"]:.4g}); nothing from it was saved: {where}. Lower '
+            'train.learning_rate (or raise train.warmup_steps), or check the data.')
 
 
 def _format_seconds(seconds: float) -> str:
@@ -123,13 +183,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   probe = checkpoints.Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
   start_step = probe.latest_step() or 0
   probe.close()
-  info, batches = data.build(config.data, global_batch_size=config.train.batch_size, seed=config.seed,
-                             start_step=start_step, process_index=jax.process_index(),
-                             process_count=jax.process_count())
+
+  def build_input(first_step: int):
+    return data.build(config.data, global_batch_size=config.train.batch_size, seed=config.seed,
+                      start_step=first_step, process_index=jax.process_index(), process_count=jax.process_count())
+
+  info, batches = build_input(start_step)
 
   experiment = build_experiment(config, workdir, info, mesh)
   state = initial_state(experiment)
-  start_step = int(jax.device_get(state.step))
+  if int(jax.device_get(state.step)) != start_step:
+    # The latest checkpoint was unreadable and an older one restored: the data resumes from that one instead.
+    start_step = int(jax.device_get(state.step))
+    info, batches = build_input(start_step)
   num_steps = config.train.num_steps
   if start_step == 0:
     logging.info('Parameters: %d (EMA kept, decay %.4f); devices: %d; global batch %d',
@@ -141,46 +207,54 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
                                            experiment.learning_rate_fn, mesh)
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                                     every_steps=config.train.log_every)
-  preemption = _PreemptionFlag()
+  guard = _FiniteGuard(experiment.checkpointer)
   pending: list[dict[str, jax.Array]] = []
   window_start, window_step = time.time(), start_step
   step = start_step
   try:
-    while step < num_steps:
-      batch = sharding.global_batch(next(batches), mesh)
-      state, metrics = step_fn(state, batch)
-      step += 1
-      pending.append(metrics)
-      report_progress(step)
+    with _PreemptionFlag() as preemption:
+      while step < num_steps:
+        batch = sharding.global_batch(next(batches), mesh)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        guard.add(step, metrics)
+        guard.check(step - 1)  # the previous step, finished by now: no stall
+        pending.append(metrics)
+        report_progress(step)
 
-      if step % config.train.log_every == 0 or step == num_steps:
-        averaged = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-        pending = []
-        if not np.isfinite(averaged['loss']):
-          raise FloatingPointError(
-              f'loss became {averaged["loss"]} by step {step}: lower train.learning_rate or check the data; '
-              f'checkpoint {experiment.checkpointer.latest_step()} in {experiment.checkpointer.directory} is intact.')
-        elapsed = time.time() - window_start
-        steps_per_second = (step - window_step) / max(elapsed, 1e-9)
-        window_start, window_step = time.time(), step
-        averaged['steps_per_second'] = steps_per_second
-        writer.write_scalars(step, averaged)
-        extras = ''.join(f' {k} {averaged[k]:.4f}' for k in ('diffusion_loss', 'prototype_loss', 'prototypes_used',
-                                                              'prototype_accuracy') if k in averaged)
-        logging.info('step %d/%d loss %.4f%s | %.2f steps/s ETA %s', step, num_steps, averaged['loss'], extras,
-                     steps_per_second, _format_seconds((num_steps - step) / max(steps_per_second, 1e-9)))
+        if step % config.train.log_every == 0 or step == num_steps:
+          guard.check(step)
+          averaged = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0] if k != 'finite'}
+          pending = []
+          elapsed = time.time() - window_start
+          steps_per_second = (step - window_step) / max(elapsed, 1e-9)
+          window_start, window_step = time.time(), step
+          averaged['steps_per_second'] = steps_per_second
+          writer.write_scalars(step, averaged)
+          extras = ''.join(f' {k} {averaged[k]:.4f}' for k in ('diffusion_loss', 'prototype_loss', 'prototypes_used',
+                                                                'prototype_accuracy') if k in averaged)
+          logging.info('step %d/%d loss %.4f%s | %.2f steps/s ETA %s', step, num_steps, averaged['loss'], extras,
+                       steps_per_second, _format_seconds((num_steps - step) / max(steps_per_second, 1e-9)))
 
-      experiment.checkpointer.save(step, state, force=step == num_steps)
-      hooks_start = time.time()
-      for every, hook in periodic:
-        if every and step % every == 0:
-          hook(experiment, state, step)
-      # Time spent in hooks (evaluations) is not training time: keep it out of steps/s.
-      window_start += time.time() - hooks_start
-      if preemption.raised:
-        experiment.checkpointer.save(step, state, force=True)
-        experiment.checkpointer.close()
-        raise SystemExit(f'Preempted (SIGTERM) at step {step}: checkpoint saved; rerun the same command to resume.')
+        must_save = step == num_steps or preemption.raised or experiment.checkpointer.should_save(step)
+        if must_save:
+          guard.check(step)  # never save a state that is not finite
+          experiment.checkpointer.save(step, state, force=True)
+        hooks_start = time.time()
+        for every, hook in periodic:
+          if every and step % every == 0:
+            guard.check(step)
+            hook(experiment, state, step)
+        # Time spent in hooks (evaluations) is not training time: keep it out of steps/s.
+        window_start += time.time() - hooks_start
+        if preemption.raised:
+          if not must_save:  # SIGTERM during the hooks: the save above did not happen
+            guard.check(step)
+            experiment.checkpointer.save(step, state, force=True)
+          experiment.checkpointer.close()
+          message = f'Preempted (SIGTERM) at step {step}: checkpoint saved; rerun the same command to resume.'
+          logging.warning(message)
+          raise Preempted(message)
 
   except BaseException:
     # A save still being written asynchronously is a good checkpoint: let it commit before the error

@@ -138,8 +138,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
   decay = ema_decay_at(state.step, config.train.ema_decay)
   ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
 
-  metrics = dict(scalars, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
-                 learning_rate=learning_rate_fn(state.step))
+  grad_norm, param_norm = optax.global_norm(grads), optax.global_norm(params)
+  metrics = dict(scalars, grad_norm=grad_norm, param_norm=param_norm, learning_rate=learning_rate_fn(state.step),
+                 # 1.0 while loss, gradients and new parameters are all finite: the loop never saves a state without it.
+                 finite=jnp.isfinite(scalars['loss'] + grad_norm + param_norm).astype(jnp.float32))
   if 'selected_prototype' in per_image:
     metrics.update(prototype_usage(per_image['selected_prototype'], model.num_prototypes))
     if model.kind.class_conditional:

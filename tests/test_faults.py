@@ -1,0 +1,204 @@
+"""Fault injection: non-finite steps, SIGTERM at awkward moments, two runs on one workdir, bad input before any work."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from pdm_jax import run
+from pdm_jax import workdir_lock
+from pdm_jax.training import checkpoints
+from pdm_jax.training import loop
+from pdm_jax.training import train_step as train_step_lib
+from tests.conftest import REPO
+from tests.conftest import tiny_config
+
+
+def _saved_params(workdir: str, step: int) -> list[np.ndarray]:
+  """The parameters saved as checkpoint `step` of workdir, as numpy leaves (read back without a target)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  restored = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'default'))
+  return [np.asarray(leaf) for leaf in jax.tree.leaves(restored['params'])]
+
+
+def _params(state) -> list[np.ndarray]:
+  return [np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(state.params))]
+
+
+def _assert_close(a: list[np.ndarray], b: list[np.ndarray]) -> None:
+  for x, y in zip(a, b, strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * max(1e-3, float(np.abs(y).max())))
+
+
+class _StepWrapper:
+  """Wraps make_train_step so that call number `call` of the step runs `action(state, batch)` instead."""
+
+  def __init__(self, monkeypatch, call: int, action):
+    self.real, self.call, self.action = train_step_lib.make_train_step, call, action
+    monkeypatch.setattr(train_step_lib, 'make_train_step', self._make)
+
+  def _make(self, *args, **kwargs):
+    step_fn, calls = self.real(*args, **kwargs), [0]
+
+    def wrapped(state, batch):
+      calls[0] += 1
+      return self.action(step_fn, state, batch) if calls[0] == self.call else step_fn(state, batch)
+    return wrapped
+
+
+def test_a_non_finite_step_is_never_saved_and_the_rerun_resumes_from_the_last_good_one(tmp_path, monkeypatch):
+  config = tiny_config('pdm', num_steps=8, checkpoint_every=2)
+  _, straight = loop.train(config, str(tmp_path / 'straight'))
+  workdir = str(tmp_path / 'poisoned')
+  # Step 6 (a checkpoint step) sees a NaN batch, as from a corrupt image: its loss, gradients and update are NaN.
+  poison = lambda step_fn, state, batch: step_fn(state, {**batch, 'image': batch['image'] * np.nan})
+  _StepWrapper(monkeypatch, 6, poison)
+  with pytest.raises(loop.NonFiniteError) as error:
+    loop.train(config, workdir)
+  message = str(error.value)
+  assert message.startswith('step 6 was not finite') and '\n' not in message
+  assert f'checkpoint 4 in {os.path.join(workdir, "checkpoints")} is the last good one' in message
+  saved = sorted(int(name) for name in os.listdir(os.path.join(workdir, 'checkpoints')) if name.isdigit())
+  assert max(saved) == 4
+  for step in saved:
+    assert all(np.isfinite(leaf).all() for leaf in _saved_params(workdir, step))
+  monkeypatch.undo()
+  _, resumed = loop.train(config, workdir)  # from checkpoint 4, with the data it would have seen
+  assert int(resumed.step) == 8
+  _assert_close(_params(resumed), _params(straight))
+
+
+def _sigterm_after(step_fn, state, batch):
+  out = step_fn(state, batch)
+  os.kill(os.getpid(), signal.SIGTERM)
+  return out
+
+
+@pytest.mark.parametrize('sigterm_step', [1, 4, 5])  # the first step (saved anyway), a checkpoint step, another one
+def test_sigterm_saves_once_exits_143_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, monkeypatch, sigterm_step):
+  config = tiny_config('pdm', num_steps=8, checkpoint_every=4)
+  _, straight = loop.train(config, str(tmp_path / 'straight'))
+  handler_before = signal.getsignal(signal.SIGTERM)
+  workdir = str(tmp_path / 'preempted')
+  _StepWrapper(monkeypatch, sigterm_step, _sigterm_after)
+  with pytest.raises(loop.Preempted) as stopped:
+    loop.train(config, workdir)
+  assert stopped.value.code == loop.PREEMPTED_EXIT_CODE == 143
+  assert f'at step {sigterm_step}' in str(stopped.value)
+  checkpointer = checkpoints.Checkpointer(workdir, 4, 3)
+  assert checkpointer.latest_step() == sigterm_step
+  checkpointer.close()
+  # Outside training (final sampling, evaluation) SIGTERM has its usual effect again.
+  assert signal.getsignal(signal.SIGTERM) == handler_before
+  monkeypatch.undo()
+  _, resumed = loop.train(config, workdir)
+  assert int(resumed.step) == 8
+  _assert_close(_params(resumed), _params(straight))
+
+
+def test_a_second_run_on_a_workdir_stops_at_once_naming_the_first(tmp_path):
+  workdir = str(tmp_path)
+  with workdir_lock.WorkdirLock(workdir, 'train'):
+    start = time.time()
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), '--config=tests/tiny_cli_config.py:spdm',
+                             f'--workdir={workdir}'], cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+    elapsed = time.time() - start
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode != 0 and last.startswith('error: ') and 'is in use by a --mode=train run' in last
+  assert f'pid {os.getpid()}' in last
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+  assert elapsed < 60  # stopped before any training (a tiny run takes minutes here)
+
+
+def test_a_lock_left_by_a_killed_run_is_not_in_the_way(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time; from pdm_jax import workdir_lock\n'
+       f'with workdir_lock.WorkdirLock({str(tmp_path)!r}, "train"):\n  print("held", flush=True); time.sleep(600)'],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == 'held'
+  with pytest.raises(workdir_lock.WorkdirBusyError, match=f'pid {holder.pid}'):
+    with workdir_lock.WorkdirLock(str(tmp_path), 'sample'):
+      pass
+  holder.kill()  # kill -9: no clean-up ran
+  holder.wait()
+  with workdir_lock.WorkdirLock(str(tmp_path), 'sample'):
+    pass
+
+
+# Bad input found before any data is read or anything compiles; each message names the field.
+BAD_INPUTS = [
+    ('train.keep_checkpoints', 0, 'train.keep_checkpoints=0 must be an integer >= 1'),
+    ('train.num_steps', 0, 'train.num_steps=0 must be an integer >= 1'),
+    ('train.batch_size', 0, 'train.batch_size=0 must be an integer >= 1'),
+    ('train.checkpoint_every', 0, 'train.checkpoint_every=0 must be an integer >= 1'),
+    ('train.log_every', -1, 'train.log_every=-1 must be an integer >= 1'),
+    ('train.learning_rate', 0.0, 'train.learning_rate=0.0 must be a number > 0.0'),
+    ('train.ema_decay', 1.0, 'train.ema_decay=1.0 must be a number >= 0.0 and < 1.0'),
+    ('train.grad_accum_steps', 5, 'does not split train.batch_size=12'),
+    ('diffusion.schedule', 'cubic', "Unknown schedule 'cubic'"),
+    ('diffusion.num_timesteps', 1, 'diffusion.num_timesteps=1 must be an integer >= 2'),
+    ('diffusion.prediction_type', 'x0', "diffusion.prediction_type='x0' is unknown"),
+    ('diffusion.loss_weighting', 'snr', "diffusion.loss_weighting='snr' is unknown"),
+    ('diffusion.beta_end', 2.0, 'must satisfy 0 < beta_start < beta_end < 1'),
+    ('model.dtype', 'float16', "model.dtype='float16' is not supported"),
+    ('model.attention_impl', 'flash', "model.attention_impl='flash' is unknown"),
+    ('sample.method', 'euler', "Unknown sampling method 'euler'"),
+    ('sample.num_steps', 51, r'num_steps must be an int in [1, 50]'),
+    ('sample.label', 10, 'sample.label=10 is out of range: the model has classes 0..9'),
+    ('sample.num_samples', 0, 'sample.num_samples=0 must be at least 1'),
+]
+
+
+@pytest.mark.parametrize('field,value,expected', BAD_INPUTS)
+def test_bad_config_fields_stop_before_any_work(tmp_path, field, value, expected):
+  config = tiny_config('spdm', batch_size=12)
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(ValueError) as error:
+    run.train_and_evaluate(config, str(tmp_path))
+  assert expected in str(error.value) and '\n' not in str(error.value)
+  assert not os.listdir(tmp_path)  # nothing written, not even the lock
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+  path = tmp_path / 'a_file'
+  path.write_text('')
+  with pytest.raises(ValueError, match='--workdir=.*a_file cannot be used .*: pass a writable directory'):
+    run.train_and_evaluate(tiny_config('spdm', num_steps=1), str(path))
+
+
+def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(tmp_path):
+  config = tiny_config('pdm', num_steps=8, checkpoint_every=4)
+  _, straight = loop.train(config, str(tmp_path / 'straight'))
+  workdir = str(tmp_path / 'corrupt')
+  loop.train(config, workdir)
+  # The saved state's data files of the latest checkpoint become garbage (a bad disk, a partial copy).
+  latest = os.path.join(workdir, 'checkpoints', '8', 'default')
+  for root, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  _, resumed = loop.train(config, workdir)  # falls back to checkpoint 4 and trains steps 5..8 again
+  assert int(resumed.step) == 8
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints_set_aside', '8'))  # kept, not deleted
+  _assert_close(_params(resumed), _params(straight))
+
+
+def test_probability_flow_that_does_not_reach_the_data_returns_nan_not_a_half_solved_state():
+  from pdm_jax import diffusion  # pylint: disable=g-import-not-at-top
+  from pdm_jax.sampling import probability_flow  # pylint: disable=g-import-not-at-top
+  schedule = diffusion.make_schedule('linear', 50)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 1))
+  eps_fn = lambda x_t, t: 0.5 * x_t
+  x0, _ = probability_flow.probability_flow_solve(eps_fn, schedule, x)
+  assert np.isfinite(np.asarray(x0)).all()
+  stopped, nfe = probability_flow.probability_flow_solve(eps_fn, schedule, x, max_steps=2)
+  assert np.isnan(np.asarray(stopped)).all() and int(nfe) == 13  # 1 + 2 attempts x 6 stages
+  broken, _ = probability_flow.probability_flow_solve(lambda x_t, t: x_t * np.nan, schedule, x)
+  assert np.isnan(np.asarray(broken)).all()
