@@ -28,6 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.tau = 1.0
   config.model.alpha = 1.0
   config.model.beta = 1.0
+  # PDM only: how each image's prototype is chosen at training. 'sinkhorn' balances the assignment over the batch (and
+  # prototype_queue_size recent features: set it when the per-step batch is smaller than K); 'argmin' is the
+  # reference's nearest prototype, which collapses onto one prototype (README "Prototypes").
+  config.model.prototype_assignment = 'sinkhorn'
+  config.model.sinkhorn_epsilon = 0.05
+  config.model.sinkhorn_iters = 3
+  config.model.prototype_queue_size = 0
   # The reference redraws a random prototype at every sampler step; we keep one per trajectory by default.
   config.model.redraw_prototype_each_step = False
   # Memory and speed (see README "Memory and speed"): compute dtype 'float32' | 'bfloat16' (parameters, optimizer
@@ -76,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 100
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
+  # Class-conditional models: the share of images trained with the null class, for classifier-free guidance
+  # (sample.guidance_scale). 0: no null class (the reference).
+  config.train.label_dropout = 0.0
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_samples = 200
@@ -83,7 +93,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.method = 'ddpm'
   config.sample.num_steps = ml_collections.FieldReference(None, field_type=int)  # None: all T steps
   config.sample.label = ml_collections.FieldReference(None, field_type=int)  # None: balanced classes
+  config.sample.prototype = ml_collections.FieldReference(None, field_type=int)  # PDM; None: a random one per sample
   config.sample.use_ema = True
+  # Classifier-free guidance: eps_null + w (eps_class - eps_null); 1 is the plain conditional model. Needs a model
+  # trained with train.label_dropout > 0.
+  config.sample.guidance_scale = 1.0
 
   # Evaluation (--mode=eval, and periodic during training): FID / KID / IS with the FID Inception network, plus the
   # digits classifier's report on digits. Inception on 8x8 digits means little (and needs the weights file):

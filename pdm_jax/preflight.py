@@ -29,6 +29,7 @@ _TRAIN_FLOATS = (
     ('train.grad_clip_norm', 0.0, False, None, 'the global-norm clip, e.g. 1.0'),
     ('train.end_learning_rate_factor', 0.0, True, None, 'final / peak learning rate, e.g. 0.05'),
     ('train.ema_decay', 0.0, True, 1.0, 'the EMA decay, e.g. 0.999'),
+    ('train.label_dropout', 0.0, True, 1.0, 'the share of labels dropped for classifier-free guidance, e.g. 0.1'),
 )
 
 
@@ -87,5 +88,21 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
   train_step.check_grad_accum_steps(config.train.batch_size, config.train.grad_accum_steps)
   info = data.describe(config.data)
   model = factory.build_model(config.model, image_size=info.image_size, num_channels=info.num_channels,
-                              num_classes=info.num_classes)
+                              num_classes=info.num_classes, null_class=factory.has_null_class(config))
   generate.check_sample_config(model, schedule, config.sample)
+  _check_sinkhorn_rows(config, model)
+
+
+def _check_sinkhorn_rows(config: ml_collections.ConfigDict, model) -> None:
+  """A balanced assignment of fewer rows than prototypes cannot give every prototype a share: ask for a queue."""
+  if model.kind.class_conditional or not model.kind.prototype_memory:
+    return
+  if config.model.prototype_assignment != 'sinkhorn':
+    return
+  micro_batch = config.train.batch_size // config.train.grad_accum_steps
+  rows = micro_batch + config.model.prototype_queue_size
+  if rows < model.num_prototypes:
+    raise ValueError(f'model.prototype_assignment=sinkhorn balances {rows} features per step (micro-batch '
+                     f'{micro_batch} + model.prototype_queue_size={config.model.prototype_queue_size}) over '
+                     f'{model.num_prototypes} prototypes: raise model.prototype_queue_size to at least '
+                     f'{2 * model.num_prototypes - micro_batch}.')

@@ -15,14 +15,17 @@ from pdm_jax import preflight
 from pdm_jax import workdir_lock
 from pdm_jax.inference import evaluate as evaluate_lib
 from pdm_jax.inference import generate
+from pdm_jax.inference import prototype_health
 from pdm_jax.inference import restore
 from pdm_jax.training import loop
 
 MODES = ('train', 'sample', 'eval')
 
 
-def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = 'final') -> tuple[dict, np.ndarray]:
-  """Samples config.sample.num_samples images, writes <workdir>/samples/<tag>.npz, .png and a report.
+def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = 'final',
+                  extra_report: dict | None = None) -> tuple[dict, np.ndarray]:
+  """Samples config.sample.num_samples images, writes <workdir>/samples/<tag>.npz, .png and a report (with
+  extra_report's entries, e.g. the prototype health).
 
   Returns the report and the uint8 (N, H, W, C) samples.
   """
@@ -34,7 +37,7 @@ def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = '
                                   experiment.image_shape, rng, experiment.mesh)
   images = image_grid.to_uint8(images)
   report: dict = dict(step=step, num_samples=len(images), method=config.sample.method,
-                      num_steps=config.sample.num_steps or config.diffusion.num_timesteps)
+                      num_steps=config.sample.num_steps or config.diffusion.num_timesteps, **(extra_report or {}))
   if jax.process_index() != 0:
     return report, images
   out_dir = os.path.join(workdir, 'samples')
@@ -79,7 +82,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.eval.every_steps:
     periodic.append((config.eval.every_steps, evaluate_lib.PeriodicEvaluator(config, writer)))
   experiment, state = loop.train(config, workdir, writer=writer, periodic=periodic)
-  report, images = write_samples(experiment, state, workdir)
+  health = None
+  if experiment.model.kind.prototype_memory:
+    health = prototype_health.dataset_health(
+        experiment.model, generate.sampling_variables(state, config.sample.use_ema), config)
+    logging.info('Prototype health over the dataset: %s', json.dumps(health))
+  report, images = write_samples(experiment, state, workdir, extra_report=health)
   if jax.process_index() == 0:
     writer.write_images(int(jax.device_get(state.step)), {'samples': image_grid.make_grid(images[:100])[None]})
   writer.write_scalars(int(jax.device_get(state.step)),

@@ -28,12 +28,15 @@ def test_config_docstring_carries_its_run_command(name):
   assert config.model.type in ('pdm', 'spdm', 'ddpm', 'cddpm')
 
 
-def test_dataset_configs_cover_five_datasets_and_both_methods():
-  assert len(DATASET_CONFIGS) == 10
+def test_dataset_configs_cover_five_datasets_and_every_method():
+  assert len(DATASET_CONFIGS) == 20
+  assert {name.rsplit('_', 1)[1] for name in DATASET_CONFIGS} == {'ddpm', 'cddpm', 'pdm', 'spdm'}
   for name in DATASET_CONFIGS:
     config = _load(name)
     assert config.model.type == name.rsplit('_', 1)[1]
     assert config.diffusion.num_timesteps == (2000 if config.model.type == 'pdm' else 1000)
+    assert config.data.use_labels == (config.model.type in ('spdm', 'cddpm'))
+    assert config.train.label_dropout == (0.1 if config.model.type == 'cddpm' else 0.0)
     assert config.train.batch_size == 64 and config.train.learning_rate == 1e-4
     assert tuple(config.model.block_out_channels) == (128, 256, 256, 256)
 
@@ -46,7 +49,9 @@ def test_one_train_step_on_mock_data(name, tmp_path):
   config.model = tiny.model
   config.model.type = _load(name).model.type
   config.diffusion.num_timesteps = 50
+  label_dropout = config.train.label_dropout  # the cddpm configs' null class is part of what is smoke-tested
   config.train = tiny.train
+  config.train.label_dropout = label_dropout
   config.train.batch_size = 4
   config.train.num_steps = 1
   config.data.image_size = min(config.data.image_size, 32)

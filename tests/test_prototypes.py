@@ -72,8 +72,9 @@ def test_kaiming_uniform_bound():
   assert values.max() <= bound and values.min() >= -bound and values.max() > 0.95 * bound
 
 
-def _model_and_variables(model_type):
+def _model_and_variables(model_type, **model_fields):
   config = tiny_config(model_type)
+  config.model.update(model_fields)
   model = factory.build_model(config.model, image_size=8, num_channels=1, num_classes=10)
   images = jax.random.normal(jax.random.PRNGKey(1), (6, 8, 8, 1))
   labels = jnp.arange(6) % 10
@@ -94,7 +95,7 @@ def test_spdm_training_and_sampling_paths_use_the_same_token():
 
 
 def test_pdm_selects_nearest_prototype_and_output_depends_on_it():
-  model, variables, images, _ = _model_and_variables('pdm')
+  model, variables, images, _ = _model_and_variables('pdm', prototype_assignment='argmin')
   t = jnp.full((6,), 10)
   _, aux = model.apply(variables, images, t, clean_images=images)
   features = model.apply(variables, images, method=lambda m, x: m.memory.encode(x))
@@ -106,9 +107,11 @@ def test_pdm_selects_nearest_prototype_and_output_depends_on_it():
   assert float(jnp.max(jnp.abs(first - second))) > 1e-6
 
 
-def test_encoder_learns_only_from_prototype_loss():
-  """The argmin selection passes no gradient: the diffusion output is flat in f_phi's parameters."""
-  model, variables, images, _ = _model_and_variables('pdm')
+@pytest.mark.parametrize('assignment', ['argmin', 'sinkhorn'])
+def test_encoder_learns_only_from_prototype_loss(assignment):
+  """The selection (argmin, or Sinkhorn's argmax) passes no gradient: the diffusion output is flat in f_phi's
+  parameters."""
+  model, variables, images, _ = _model_and_variables('pdm', prototype_assignment=assignment)
   t = jnp.full((6,), 5)
 
   def output_sum(params):

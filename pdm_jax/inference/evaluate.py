@@ -26,6 +26,7 @@ from pdm_jax.evaluation import inception_weights
 from pdm_jax.evaluation import metrics
 from pdm_jax.evaluation import reference_stats
 from pdm_jax.inference import generate
+from pdm_jax.inference import prototype_health
 from pdm_jax.inference import restore
 from pdm_jax.training import loop
 
@@ -202,6 +203,9 @@ class PeriodicEvaluator:
     rng = jax.random.fold_in(loop.run_keys(self.config.seed)['sample'], step)
     images, labels = generate_uint8(experiment, state, rng, self._generator)
     result = evaluate_samples(images, labels, self.config, self.inception_reference)
+    if experiment.model.kind.prototype_memory:
+      result.update(prototype_health.dataset_health(
+          experiment.model, generate.sampling_variables(state, self.config.sample.use_ema), self.config))
     scalars = _scalars(result)
     self.writer.write_scalars(step, {f'eval/{key}': value for key, value in scalars.items()})
     grid = image_grid.make_grid(images[:100], None if labels is None else labels[:100])

@@ -13,8 +13,21 @@ from pdm_jax.training import sharding
 
 
 def sample_choice(model, sample_config: ml_collections.ConfigDict) -> int | None:
-  """The one class (sample.label) every sample is drawn from, or None; prototype draws ignore sample.label."""
-  return sample_config.label if model.kind.class_conditional else None
+  """The one class (sample.label) or prototype (sample.prototype, PDM) every sample is drawn from, or None.
+
+  A one-line ValueError when the field set does not fit the model's conditioning.
+  """
+  label, prototype = sample_config.label, sample_config.get('prototype', None)
+  kind = model.kind
+  if kind.conditioning == 'prototype':
+    if label is not None:
+      raise ValueError(f'sample.label={label}, but model.type={kind.name} is conditioned on learned prototypes, not '
+                       'classes: use sample.prototype=K instead.')
+    return prototype
+  if prototype is not None:
+    raise ValueError(f'sample.prototype={prototype}, but model.type={kind.name} has no freely drawn prototypes: '
+                     + ('use sample.label.' if kind.class_conditional else 'leave it unset.'))
+  return label
 
 
 def check_sample_config(model, schedule: diffusion.Schedule, sample_config: ml_collections.ConfigDict) -> None:
@@ -24,6 +37,17 @@ def check_sample_config(model, schedule: diffusion.Schedule, sample_config: ml_c
     if sample_config[field] < 1:
       raise ValueError(f'sample.{field}={sample_config[field]} must be at least 1.')
   model.kind.check_choice(sample_choice(model, sample_config), model.num_prototypes)
+  check_guidance(model, sample_config)
+
+
+def check_guidance(model, sample_config: ml_collections.ConfigDict) -> None:
+  """sample.guidance_scale must be a number >= 0, and other than 1 only for a model with a null class."""
+  scale = sample_config.get('guidance_scale', 1.0)
+  if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
+    raise ValueError(f'sample.guidance_scale={scale!r} must be a number >= 0 (1: no guidance).')
+  if scale != 1.0 and not model.null_class:
+    raise ValueError(f'sample.guidance_scale={scale} needs a class-conditional model trained with '
+                     'train.label_dropout > 0 (a null class); this one has none: set sample.guidance_scale=1.')
 
 
 def make_sampler(model, schedule: diffusion.Schedule, sample_config: ml_collections.ConfigDict,
@@ -31,6 +55,7 @@ def make_sampler(model, schedule: diffusion.Schedule, sample_config: ml_collecti
   """A jitted (variables, rng, ids (N,)) -> (N, H, W, C) float images; the batch is split over the mesh."""
   num_steps = sample_config.num_steps
   conditional = model.kind.conditional
+  guidance_scale = float(sample_config.get('guidance_scale', 1.0))
 
   def run(variables, rng, ids):
     noise_rng, redraw_rng = jax.random.split(rng)
@@ -43,6 +68,13 @@ def make_sampler(model, schedule: diffusion.Schedule, sample_config: ml_collecti
                                       ids.shape, 0, model.num_prototypes)
       output, _ = model.apply(variables, x_t, t, prototype_ids=step_ids if conditional else None)
       return diffusion.to_epsilon(schedule, output, x_t, t, prediction_type)
+
+    if guidance_scale != 1.0:
+      def eps_null(x_t, t):
+        output, _ = model.apply(variables, x_t, t, prototype_ids=ids,
+                                drop_condition=jnp.ones(ids.shape, bool))
+        return diffusion.to_epsilon(schedule, output, x_t, t, prediction_type)
+      eps_fn = sampling.classifier_free_guidance(eps_fn, eps_null, guidance_scale)
 
     return sampling.sample(eps_fn, schedule, shape, noise_rng, method=sample_config.method, num_steps=num_steps)
 

@@ -75,16 +75,45 @@ def compactness_loss(prototypes: jax.Array) -> jax.Array:
   return jnp.sum((gram - jnp.eye(prototypes.shape[0], dtype=gram.dtype))**2)
 
 
-def prototype_losses(features: jax.Array, prototypes: jax.Array, targets: jax.Array, *, tau: float,
-                     alpha: float, beta: float) -> dict[str, jax.Array]:
-  """PDM / s-PDM prototype loss terms for (B, D) features and (B,) target prototype indices.
+# How PDM picks each image's prototype at training: 'argmin' is the reference's nearest prototype (its self-label
+# collapses onto one prototype); 'sinkhorn' is a balanced assignment (every prototype gets an equal share of a batch).
+ASSIGNMENTS = ('argmin', 'sinkhorn')
 
-  PDM passes targets = argmin distance and beta > 0; s-PDM passes the labels and beta = 0.
+
+def sinkhorn(scores: jax.Array, *, epsilon: float, num_iters: int, valid: jax.Array | None = None) -> jax.Array:
+  """(N, K) scores -> (N, K) balanced soft assignment: each row sums to 1, each column to about N/K.
+
+  Sinkhorn-Knopp on exp(scores / epsilon) as in SwAV (Caron et al. 2020): alternately give every prototype (column)
+  1/K of the mass and every row 1/N, ending on the rows. Computed in log space, so small epsilon cannot overflow.
+  Rows with valid False (empty queue slots) take no mass and come back as zeros.
+  """
+  num_rows, num_cols = scores.shape
+  log_q = scores.astype(jnp.float32) / epsilon
+  if valid is None:
+    valid = jnp.ones((num_rows,), bool)
+  log_q = jnp.where(valid[:, None], log_q, -jnp.inf)
+  log_rows = jnp.log(jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32))
+  for _ in range(num_iters):
+    log_q = log_q - jax.nn.logsumexp(log_q, axis=0, keepdims=True) - math.log(num_cols)
+    row_norm = jax.nn.logsumexp(log_q, axis=1, keepdims=True)
+    log_q = jnp.where(valid[:, None], log_q - row_norm - log_rows, -jnp.inf)
+  return jnp.exp(log_q + log_rows)
+
+
+def prototype_losses(features: jax.Array, prototypes: jax.Array, selected: jax.Array, *, tau: float,
+                     alpha: float, beta: float, targets: jax.Array | None = None) -> dict[str, jax.Array]:
+  """PDM / s-PDM prototype loss terms for (B, D) features and (B,) selected prototype indices.
+
+  The cross-entropy of softmax(-tau * distance) is taken against `targets` ((B, K) probabilities, e.g. Sinkhorn's
+  balanced codes), or against the selected prototypes when targets is None. The alignment pulls each feature to its
+  selected prototype. PDM passes beta > 0; s-PDM passes selected = labels and beta = 0.
   """
   distances = euclidean_distances(features, prototypes)
   log_probs = jax.nn.log_softmax(-tau * distances, axis=-1)
-  contrastive = -jnp.mean(jnp.take_along_axis(log_probs, targets[:, None], axis=-1))
-  align = jnp.mean((features - prototypes[targets])**2)
+  if targets is None:
+    targets = jax.nn.one_hot(selected, prototypes.shape[0], dtype=log_probs.dtype)
+  contrastive = -jnp.mean(jnp.sum(jax.lax.stop_gradient(targets) * log_probs, axis=-1))
+  align = jnp.mean((features - prototypes[selected])**2)
   compact = compactness_loss(prototypes) if beta else jnp.zeros((), features.dtype)
   total = contrastive + alpha * align + beta * compact
   nearest = jnp.argmin(distances, axis=-1)
@@ -93,14 +122,22 @@ def prototype_losses(features: jax.Array, prototypes: jax.Array, targets: jax.Ar
 
 
 class PrototypeMemory(nn.Module):
-  """K prototypes of size prototype_dim and the encoder f_phi that maps clean images near them."""
+  """K prototypes of size prototype_dim, the encoder f_phi that maps clean images near them, and (queue_size > 0) a
+  queue of recent features that Sinkhorn balances over together with the batch."""
   num_prototypes: int
   prototype_dim: int
   dtype: Any = jnp.float32  # f_phi's compute dtype; prototypes, distances and losses stay float32
+  queue_size: int = 0
 
   def setup(self):
     self.prototypes = self.param('prototypes', kaiming_uniform(0.1), (self.num_prototypes, self.prototype_dim))
     self.f_phi = FeatureEncoder(self.prototype_dim, dtype=self.dtype)
+    if self.queue_size:
+      # In 'batch_stats', flax's non-parameter state: the train step threads it through micro-batches, keeps it
+      # replicated over devices and checkpoints it with f_phi's BatchNorm statistics.
+      self.queue = self.variable('batch_stats', 'feature_queue', jnp.zeros, (self.queue_size, self.prototype_dim),
+                                 jnp.float32)
+      self.queue_filled = self.variable('batch_stats', 'feature_queue_filled', lambda: jnp.zeros((), jnp.int32))
 
   def encode(self, images: jax.Array, train: bool = False) -> jax.Array:
     """(B, H, W, C) clean images -> (B, prototype_dim) features."""
@@ -113,3 +150,21 @@ class PrototypeMemory(nn.Module):
   def all_prototypes(self) -> jax.Array:
     """The (K, prototype_dim) prototype matrix."""
     return self.prototypes
+
+  def balanced_codes(self, features: jax.Array, *, epsilon: float, num_iters: int, update_queue: bool) -> jax.Array:
+    """(B, D) features -> (B, K) Sinkhorn codes on -distance, balanced over the batch and the queue's valid rows.
+
+    update_queue (training) then pushes this batch's features to the front of the queue, dropping the oldest.
+    """
+    features = jax.lax.stop_gradient(features)
+    bank = jax.lax.stop_gradient(self.prototypes)
+    rows, valid = features, None
+    if self.queue_size:
+      rows = jnp.concatenate([features, self.queue.value], axis=0)
+      valid = jnp.concatenate([jnp.ones((features.shape[0],), bool),
+                               jnp.arange(self.queue_size) < self.queue_filled.value])
+    codes = sinkhorn(-euclidean_distances(rows, bank), epsilon=epsilon, num_iters=num_iters, valid=valid)
+    if self.queue_size and update_queue:
+      self.queue.value = jnp.concatenate([features, self.queue.value], axis=0)[:self.queue_size]
+      self.queue_filled.value = jnp.minimum(self.queue_filled.value + features.shape[0], self.queue_size)
+    return codes[:features.shape[0]]

@@ -21,7 +21,7 @@ def model_signature(config: ml_collections.ConfigDict, image_shape: tuple[int, i
   num_prototypes: the model's number of conditions (classes or prototypes). Written to the checkpoint directory, it
   also tells --mode=sample the image shape and classes without the training data.
   """
-  fields = factory.shape_fields(config.model, num_prototypes)
+  fields = factory.shape_fields(config.model, num_prototypes, factory.has_null_class(config))
   return dict(model_type=config.model.type, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
               image_shape=list(image_shape), num_timesteps=config.diffusion.num_timesteps,
               prediction_type=config.diffusion.prediction_type)

@@ -51,7 +51,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str, info: data
   """Model, schedule, optimizer and checkpointer for `config` on data described by `info`."""
   mesh = sharding.data_mesh() if mesh is None else mesh
   model = factory.build_model(config.model, image_size=info.image_size, num_channels=info.num_channels,
-                              num_classes=info.num_classes)
+                              num_classes=info.num_classes, null_class=factory.has_null_class(config))
   schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
                                      config.diffusion.beta_start, config.diffusion.beta_end)
   checkpointer = checkpoints.Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)

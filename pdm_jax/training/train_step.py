@@ -54,6 +54,7 @@ def _split_micro_batches(tree: Any, num_micro: int) -> Any:
 # Per-image outputs a model's aux may hold (concatenated over micro-batches); its scalar loss terms, averaged over
 # micro-batches, are those its kind declares.
 _AUX_PER_IMAGE = ('selected_prototype', 'nearest_prototype')
+_LABEL_DROPOUT_STREAM = 1  # fold_in index of the label-dropout draws within a step's key
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
@@ -82,6 +83,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
   inputs = dict(image=images, noise=noise, t=t)
   if labels is not None:
     inputs['label'] = labels
+  label_dropout = config.train.get('label_dropout', 0.0)
+  if label_dropout and model.kind.class_conditional:
+    # Classifier-free guidance's training half: these images are denoised with the null class. A key of its own
+    # (fold_in), so t, noise and dropout draw the same numbers with or without label dropout.
+    inputs['drop'] = jax.random.bernoulli(jax.random.fold_in(step_rng, _LABEL_DROPOUT_STREAM), label_dropout,
+                                          (num_images,))
 
   def micro_step(batch_stats, micro, dropout_rng):
     """(B', ...) inputs -> (grads, scalar losses (means over B' images), per-image aux (B',), new batch_stats)."""
@@ -92,7 +99,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
       if batch_stats:
         variables['batch_stats'] = batch_stats
       (output, aux), mutated = model.apply(
-          variables, x_t, micro['t'], clean_images=micro['image'], labels=micro.get('label'), train=True,
+          variables, x_t, micro['t'], clean_images=micro['image'], labels=micro.get('label'),
+          drop_condition=micro.get('drop'), train=True,
           rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
       diffusion_loss = diffusion.loss(schedule, output, micro['image'], micro['noise'], micro['t'],
                                       prediction_type=config.diffusion.prediction_type,
