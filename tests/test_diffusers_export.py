@@ -66,7 +66,7 @@ def test_diffusers_unet_predicts_our_noise(tmp_path, model_type):
   rng = np.random.default_rng(0)
   x_t = rng.standard_normal((3, IMAGE_SIZE, IMAGE_SIZE, CHANNELS)).astype(np.float32)
   t = np.array([0, 17, 49])
-  labels = np.array([2, 9, 2]) if model_type == 'cddpm' else None
+  labels = np.array([2, 9, 2]) if model.kind.class_conditional else None
   ours, _ = model.apply({'params': params}, x_t, t, labels=labels)
   with torch.no_grad():
     theirs = unet(torch.from_numpy(x_t.transpose(0, 3, 1, 2)), torch.from_numpy(t),
@@ -105,6 +105,10 @@ def test_folder_layout_and_model_index(tmp_path):
   # DDPMPipeline passes no class labels: a class-conditional export is a UNet and a scheduler, not a pipeline.
   assert not os.path.exists(os.path.join(cddpm_dir, 'model_index.json'))
   assert os.path.isfile(os.path.join(cddpm_dir, 'scheduler', 'scheduler_config.json'))
+  # The weights are as readable as the configs beside them (the umask decides, not the writer).
+  modes = {os.stat(os.path.join(ddpm_dir, 'unet', name)).st_mode
+           for name in ('config.json', diffusers_export.WEIGHTS_FILE)}
+  assert len(modes) == 1, modes
 
 
 @pytest.mark.parametrize('schedule,prediction_type,diffusers_name,diffusers_prediction', [

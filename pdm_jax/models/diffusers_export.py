@@ -123,10 +123,12 @@ def export_pipeline(model: pdm.DiffusionModel, params: Mapping[str, Any], image_
                                  'scheduler': ['diffusers', 'DDPMScheduler'], 'unet': ['diffusers', 'UNet2DModel']}
   tensors = unet_state_dict(unet, params['unet'])
 
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
   for name, value in files.items():
     _write_json(os.path.join(output_dir, name), value)
   weights = os.path.join(output_dir, 'unet', WEIGHTS_FILE)
+  # Written by open(), not save_file (which makes the file private, 0600): the folder is meant to be shared.
   # 'format': 'pt' is what torch-side loaders (transformers, some diffusers paths) check for.
-  save_file(tensors, weights, metadata={'format': 'pt'})
+  with open(weights, 'wb') as f:
+    f.write(save(tensors, metadata={'format': 'pt'}))
   return sorted(os.path.join(output_dir, name) for name in files) + [weights]
