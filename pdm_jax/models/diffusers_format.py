@@ -46,7 +46,8 @@ COPIED_KEYS = ('in_channels', 'out_channels', 'layers_per_block',
                'time_embedding_dim', 'downsample_padding',
                'mid_block_scale_factor', 'attn_norm_num_groups',
                'add_attention', 'center_input_sample')
-# Options UNet2D implements only at one value: key -> accepted values (the first is what an export writes).
+# Options UNet2D implements only at one value: key -> accepted values (an export writes the first, or the UNet2D field
+# of that name: downsample_padding).
 FIXED_OPTIONS = {
     'time_embedding_type': ('positional',),
     'resnet_time_scale_shift': ('default',),
