@@ -26,14 +26,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pdm_jax import diffusion
 from pdm_jax import image_grid
 from pdm_jax import sampling
+from pdm_jax.models import diffusers_format
 from pdm_jax.models import diffusers_import
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # diffusers beta_schedule / prediction_type names -> pdm_jax names.
-_BETA_SCHEDULES = {'linear': 'linear', 'scaled_linear': 'quad',
-                   'squaredcos_cap_v2': 'cosine'}
-_PREDICTION_TYPES = {'epsilon': 'epsilon', 'sample': 'sample',
-                     'v_prediction': 'v'}
+_BETA_SCHEDULES = diffusers_format.BETA_SCHEDULES
+_PREDICTION_TYPES = diffusers_format.PREDICTION_TYPES
 
 
 def read_scheduler_config(model_dir: str) -> Dict[str, Any]:

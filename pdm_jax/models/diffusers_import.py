@@ -1,6 +1,6 @@
 """Imports diffusers UNet2DModel checkpoints (and PDM's bottleneck) into UNet2D.
 
-The one module of `pdm_jax.models` that reads files: a diffusers model
+With diffusers_export, the only modules of `pdm_jax.models` that touch files: a diffusers model
 directory holds `config.json` and `diffusion_pytorch_model.safetensors` (read
 with safetensors' numpy API, no torch needed) or `.bin` (needs torch).
 """
@@ -17,62 +17,9 @@ import numpy as np
 from flax import traverse_util
 
 from pdm_jax import torch_weights
+from pdm_jax.models import diffusers_format
 from pdm_jax.models import unet as unet_lib
 
-# diffusers' UNet2DModel defaults, used where an (old) config omits a key.
-_DIFFUSERS_DEFAULTS = {
-    'in_channels': 3,
-    'out_channels': 3,
-    'center_input_sample': False,
-    'time_embedding_type': 'positional',
-    'time_embedding_dim': None,
-    'freq_shift': 0,
-    'flip_sin_to_cos': True,
-    'down_block_types': ('DownBlock2D', 'AttnDownBlock2D', 'AttnDownBlock2D',
-                         'AttnDownBlock2D'),
-    'mid_block_type': 'UNetMidBlock2D',
-    'up_block_types': ('AttnUpBlock2D', 'AttnUpBlock2D', 'AttnUpBlock2D',
-                       'UpBlock2D'),
-    'block_out_channels': (224, 448, 672, 896),
-    'layers_per_block': 2,
-    'mid_block_scale_factor': 1,
-    'downsample_padding': 1,
-    'downsample_type': 'conv',
-    'upsample_type': 'conv',
-    'dropout': 0.0,
-    'act_fn': 'silu',
-    'attention_head_dim': 8,
-    'norm_num_groups': 32,
-    'attn_norm_num_groups': None,
-    'norm_eps': 1e-5,
-    'resnet_time_scale_shift': 'default',
-    'add_attention': True,
-    'class_embed_type': None,
-    'num_class_embeds': None,
-}
-# Config keys copied verbatim into UNet2D's fields.
-_COPIED_KEYS = ('in_channels', 'out_channels', 'layers_per_block',
-                'attention_head_dim', 'norm_num_groups', 'norm_eps', 'dropout',
-                'num_class_embeds', 'flip_sin_to_cos', 'freq_shift',
-                'time_embedding_dim', 'downsample_padding',
-                'mid_block_scale_factor', 'attn_norm_num_groups',
-                'add_attention', 'center_input_sample')
-# Options UNet2D implements only at one value: key -> accepted values.
-_FIXED_OPTIONS = {
-    'time_embedding_type': ('positional',),
-    'resnet_time_scale_shift': ('default',),
-    'class_embed_type': (None,),
-    'mid_block_type': ('UNetMidBlock2D',),
-    'act_fn': ('silu', 'swish'),
-    'downsample_type': ('conv',),
-    'upsample_type': ('conv',),
-    'downsample_padding': (0, 1),
-}
-# Keys that do not change the network's weights or forward pass.
-_IGNORED_KEYS = ('sample_size', 'num_train_timesteps')
-# Pre-0.12 diffusers attention names -> current ones (modeling_utils does the same).
-_LEGACY_ATTENTION_NAMES = {'query': 'to_q', 'key': 'to_k', 'value': 'to_v',
-                           'proj_attn': 'to_out_0'}
 _WEIGHT_FILES = ('diffusion_pytorch_model.safetensors',
                  'diffusion_pytorch_model.bin')
 # The reference PDM hard-codes nn.MultiheadAttention(num_heads=8).
@@ -85,20 +32,20 @@ def unet_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> dict[str, An
   if class_name != 'UNet2DModel':
     raise ValueError(f'config describes a {class_name}, not a UNet2DModel: '
                      'point at a UNet2DModel directory')
-  full = dict(_DIFFUSERS_DEFAULTS)
+  full = dict(diffusers_format.DIFFUSERS_DEFAULTS)
   full.update({k: v for k, v in config.items() if not k.startswith('_')})
-  for key, accepted in _FIXED_OPTIONS.items():
+  for key, accepted in diffusers_format.FIXED_OPTIONS.items():
     if full[key] not in accepted:
       raise ValueError(f'diffusers option {key}={full[key]!r} is not supported by '
                        f'UNet2D: only {", ".join(map(repr, accepted))}')
-  known = set(_DIFFUSERS_DEFAULTS) | set(_IGNORED_KEYS) | {
+  known = set(diffusers_format.DIFFUSERS_DEFAULTS) | set(diffusers_format.IGNORED_KEYS) | {
       'bottleneck_attention', 'bottleneck_num_heads'}
   unknown = sorted(set(full) - known)
   if unknown:
     logging.warning('Ignoring unknown diffusers config keys: %s', unknown)
   if full['norm_num_groups'] is None:
     raise ValueError('norm_num_groups=None is not supported: set it in config.json')
-  kwargs = {key: full[key] for key in _COPIED_KEYS}
+  kwargs = {key: full[key] for key in diffusers_format.COPIED_KEYS}
   kwargs['block_out_channels'] = tuple(full['block_out_channels'])
   kwargs['down_block_types'] = tuple(full['down_block_types'])
   kwargs['up_block_types'] = tuple(full['up_block_types'])
@@ -111,19 +58,6 @@ def unet_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> dict[str, An
       kwargs['norm_num_groups'], kwargs['down_block_types'],
       kwargs['up_block_types'], kwargs['attention_head_dim'])
   return kwargs
-
-
-def _flax_module_path(key: str) -> tuple[tuple[str, ...], str]:
-  """'down_blocks.0.attentions.1.query.weight' -> (module path, leaf name)."""
-  # 'name.<i>' becomes the flax list-style name 'name_<i>'.
-  parts = re.sub(r'\.(\d+)(?=\.|$)', r'_\1', key).split('.')
-  path, leaf = parts[:-1], parts[-1]
-  if len(path) >= 2 and re.fullmatch(r'attentions_\d+', path[-2]):
-    path[-1] = _LEGACY_ATTENTION_NAMES.get(path[-1], path[-1])
-  if len(path) >= 2 and path[-1] in ('op', 'Conv2d_0') and re.fullmatch(
-      r'downsamplers_\d+', path[-2]):
-    path[-1] = 'conv'  # Older Downsample2D aliases of the same conv.
-  return tuple(path), leaf
 
 
 def _split_bottleneck_in_proj(state_dict):
@@ -146,24 +80,6 @@ def _split_bottleneck_in_proj(state_dict):
     for part, chunk in zip('qkv', np.split(np.asarray(value), 3, axis=0)):
       out[f'{prefix}.{part}_proj.{leaf}'] = chunk
   return out
-
-
-def _to_flax(leaf_kind: str, tensor: np.ndarray) -> np.ndarray:
-  """Converts a torch-layout tensor to the flax layout of `leaf_kind`."""
-  if leaf_kind == 'kernel' and tensor.ndim == 4:
-    return tensor.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
-  if leaf_kind == 'kernel' and tensor.ndim == 2:
-    return tensor.T  # (out, in) -> (in, out)
-  return tensor
-
-
-def _torch_shape(leaf_kind: str, shape) -> tuple[int, ...]:
-  """The torch-layout shape of a flax leaf of `leaf_kind`, for error messages."""
-  if leaf_kind == 'kernel' and len(shape) == 4:
-    return (shape[3], shape[2], shape[0], shape[1])
-  if leaf_kind == 'kernel' and len(shape) == 2:
-    return (shape[1], shape[0])
-  return tuple(shape)
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -214,11 +130,11 @@ def convert_diffusers_state_dict(state_dict: Mapping[str, Any],
 
   params, unused = {}, []
   for key, tensor in sorted(tensors.items()):
-    path, leaf = _flax_module_path(key)
+    path, leaf = diffusers_format.flax_module_path(key)
     if leaf == 'bias' and path + ('bias',) in expected:
       kind = 'bias'
     elif leaf == 'weight':
-      kind = next((k for k in ('kernel', 'scale', 'embedding')
+      kind = next((k for k in diffusers_format.WEIGHT_LEAVES
                    if path + (k,) in expected), None)
     else:
       kind = None
@@ -226,10 +142,10 @@ def convert_diffusers_state_dict(state_dict: Mapping[str, Any],
       unused.append(key)
       continue
     want = expected[path + (kind,)]
-    value = _to_flax(kind, tensor)
+    value = diffusers_format.to_flax_layout(kind, tensor)
     if value.shape != tuple(want):
       raise ValueError(f'diffusers tensor {prefix}{key} has shape {tensor.shape} '
-                       f'but UNet2D expects {_torch_shape(kind, want)}: check the '
+                       f'but UNet2D expects {diffusers_format.torch_shape(kind, want)}: check the '
                        'config matches the checkpoint')
     if path + (kind,) in params:
       continue  # An alias (e.g. Downsample2D's Conv2d_0) of a tensor already set.

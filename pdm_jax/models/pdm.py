@@ -34,15 +34,21 @@ class DiffusionModel(nn.Module):
     """The declaration of this model's kind: conditioning, loss terms, sampling conditions."""
     return kinds.get(self.model_type)
 
-  def setup(self):
+  @nn.nowrap
+  def make_unet(self) -> UNet2D:
+    """The UNet this kind conditions (setup's, and an unbound copy for exporters that need its settings)."""
     kind = self.kind
-    self.unet = UNet2D(
+    return UNet2D(
         **self.unet_config,
         bottleneck_attention=kind.prototype_memory,
         # Label conditioning without a prototype memory is a class embedding added to the time embedding.
         num_class_embeds=(self.num_prototypes + int(self.null_class)
                           if kind.class_conditional and not kind.prototype_memory else None),
         dtype=self.dtype)
+
+  def setup(self):
+    kind = self.kind
+    self.unet = self.make_unet()
     if kind.prototype_memory:
       balanced = self.prototype_assignment == 'sinkhorn' and not kind.class_conditional
       self.memory = prototypes_lib.PrototypeMemory(self.num_prototypes, self.prototype_dim, self.dtype,

@@ -1,6 +1,6 @@
 """UNet2D: diffusers' UNet2DModel in flax, plus PDM's bottleneck cross-attention.
 
-Layout is NHWC; parameter names mirror diffusers' state-dict keys (see `pdm_jax.models.diffusers_import`).
+Layout is NHWC; parameter names mirror diffusers' state-dict keys (see `pdm_jax.models.diffusers_format`).
 """
 
 from typing import Any, Sequence
