@@ -4,6 +4,8 @@
 --config.sample.method=ddim.
 """
 
+import os
+import re
 import sys
 
 from absl import app
@@ -57,6 +59,45 @@ def _run(argv):
     sys.exit(f'error: {e}')
 
 
+def _config_arg(argv: list[str]) -> str | None:
+  """The value of --config in argv, if given as --config=VALUE or --config VALUE."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with the config's input errors (missing file, unknown field, bad value) as one line."""
+  config_arg = _config_arg(argv)
+  if config_arg is not None and not os.path.isfile(config_arg.split(':', 1)[0]):
+    sys.exit(f'error: --config={config_arg}: no such file (from {os.getcwd()}): pass a config file, e.g. '
+             '--config=configs/digits_spdm.py.')
+  try:
+    remaining = FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config does not have
+    message = str(e).replace('\\n', '\n')
+    suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', message)
+    bad = suggestion.group(2) if suggestion else None
+    override = next((a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.') and bad
+                     and re.search(rf'\.{re.escape(bad)}(=|\.|$)', a.split('=', 1)[0])), 'a --config.<field> override')
+    sys.exit(f'error: {override}: the config has no such field'
+             + (f' (did you mean "{suggestion.group(1)}"?)' if suggestion else '')
+             + '; configs/default.py lists every field.')
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    # A config module that raises: absl puts its traceback in the message; its last line is the error itself.
+    sys.exit(f'error: {lines[0]} {lines[-1]}' if lines[0].endswith(':') else f'error: {lines[0]}')
+  try:
+    FLAGS.config.keys()  # the file is loaded lazily: a file that fails to load fails here
+  except Exception as e:  # pylint: disable=broad-except  # any error of the user's config module
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    sys.exit(f'error: --config={config_arg} could not be loaded: {lines[-1] if lines else type(e).__name__}')
+  return remaining
+
+
 def main():
   """Entry point of the `pdm-jax` console script and of main.py: parses the flags, then trains, samples or evaluates."""
   # absl's --help prints the __main__ module's docstring and key flags; the console script's generated __main__ has
@@ -66,4 +107,4 @@ def main():
     main_module.__doc__ = __doc__
   for name in _FLAG_NAMES:
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-  app.run(_run)
+  app.run(_run, flags_parser=_parse_flags)

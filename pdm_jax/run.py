@@ -80,7 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   periodic = []
   if config.eval.every_steps:
-    periodic.append((config.eval.every_steps, evaluate_lib.PeriodicEvaluator(config, writer)))
+    periodic.append((config.eval.every_steps, evaluate_lib.PeriodicEvaluator(config, writer, workdir)))
   experiment, state = loop.train(config, workdir, writer=writer, periodic=periodic)
   health = None
   if experiment.model.kind.prototype_memory:

@@ -187,13 +187,22 @@ def test_too_few_samples_are_refused_before_any_work(tmp_path, fields, expected)
 
 
 def test_periodic_evaluation_fires_every_n_steps_and_writes_scalars(trained):
-  _, writer, calls = trained
+  workdir, writer, calls = trained
   assert calls == [(2, 2), (4, 4), (6, 6)]
   evals = [(step, scalars) for step, scalars in writer.scalars if any(k.startswith('eval/') for k in scalars)]
   assert [step for step, _ in evals] == [2, 4, 6]
   for _, scalars in evals:
     assert scalars['eval/num_samples'] == 10 and math.isfinite(scalars['eval/digits_frechet_distance'])
     assert 'eval/digits_accuracy' in scalars and 'eval/fid' not in scalars
+    # s-PDM's prototypes, counted over the whole digits set (1,797 images).
+    assert 1 <= scalars['eval/prototypes_in_use'] <= 10 and scalars['eval/num_images'] == 1797
+    assert 0 <= scalars['eval/prototype_class_nmi'] <= 1
+  # The same history, machine-readable, one line per evaluation.
+  with open(os.path.join(workdir, 'eval', 'periodic.jsonl')) as f:
+    history = [json.loads(line) for line in f]
+  assert [entry['step'] for entry in history] == [2, 4, 6]
+  assert [entry['digits_frechet_distance'] for entry in history] == [
+      scalars['eval/digits_frechet_distance'] for _, scalars in evals]
   assert [step for step, images in writer.images if 'eval/samples' in images] == [2, 4, 6]
 
 

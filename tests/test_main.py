@@ -63,6 +63,21 @@ def test_bad_input_stops_with_one_line(tmp_path, override, expected):
   assert not os.path.exists(tmp_path / 'checkpoints' / '0')
 
 
+@pytest.mark.parametrize('args,expected', [
+    (('--config=configs/no_such_config.py',), 'error: --config=configs/no_such_config.py: no such file'),
+    (('--config=tests/tiny_cli_config.py:spdm', '--config.train.num_stepz=3'),
+     'error: --config.train.num_stepz: the config has no such field (did you mean "num_steps"?)'),
+    (('--config=tests/tiny_cli_config.py:spdm', '--config.train.num_steps=many'),
+     "error: flag --config.train.num_steps=many: invalid literal for int()"),
+    (('--config=configs/digits_pdm.py:extra',),  # a config module that raises
+     'TypeError: get_config() takes 0 positional arguments but 1 was given'),
+])
+def test_config_errors_are_one_line(tmp_path, args, expected):
+  result = _main(*args, f'--workdir={tmp_path}', check=False)
+  assert expected in _error_line(result)
+  assert 'Traceback' not in result.stderr and not os.listdir(tmp_path)
+
+
 # Samplers only see eps_fn, so every method is checked through one model and every model through one method.
 @pytest.mark.parametrize('model_type,methods', [
     ('spdm', ('ddpm', 'ddim', 's-pndm', 'f-pndm', 'fon', 'pf')),

@@ -177,7 +177,7 @@ def test_dataset_health_counts_every_digit_with_labels():
   config, model, variables = _digits_model()
   config.data.use_labels = False  # PDM trains without labels; the health pass still finds them for the NMI
   features, ids, labels = prototype_health.dataset_assignments(model, variables, config)
-  assert len(ids) == len(labels) == len(features) >= 1700 and features.shape[1] == 16
+  assert len(ids) == len(labels) == len(features) == 1797 and features.shape[1] == 16
   _, expected = model.apply(variables, jnp.asarray(_digits_images()[:len(ids)]), method=model.nearest_prototypes)
   np.testing.assert_array_equal(ids, expected)
   result = prototype_health.dataset_health(model, variables, config)

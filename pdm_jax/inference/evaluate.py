@@ -32,6 +32,7 @@ from pdm_jax.training import loop
 
 EVAL_DIR = 'eval'
 METRICS_FILE = 'metrics.json'
+PERIODIC_FILE = 'periodic.jsonl'  # one JSON line per periodic evaluation: the metric-vs-step history of a run
 # Data fields that change which real images a split yields, or their pixels: part of the reference-stats key.
 _REAL_IMAGE_FIELDS = ('split', 'image_size', 'num_channels', 'attribute', 'examples_per_class', 'subset_seed',
                       'resize_mode')
@@ -183,11 +184,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 
 class PeriodicEvaluator:
-  """A loop.train hook: scores eval.periodic_num_samples samples and writes eval/* scalars and a sample grid."""
+  """A loop.train hook: scores eval.periodic_num_samples samples and writes eval/* scalars and a sample grid, and
+  (given a workdir) appends the scalars to <workdir>/eval/periodic.jsonl."""
 
-  def __init__(self, config: ml_collections.ConfigDict, writer: metric_writers.MetricWriter):
+  def __init__(self, config: ml_collections.ConfigDict, writer: metric_writers.MetricWriter,
+               workdir: str | None = None):
     check_eval_config(config, config.eval.periodic_num_samples, 'eval.periodic_num_samples')
-    self.config, self.writer = config, writer
+    self.config, self.writer, self.workdir = config, writer, workdir
     # Loaded now, before training, so a missing weights file stops the run at once, not at the first evaluation.
     self.inception_reference = load_inception_reference(config) if config.eval.inception else None
     self._experiment, self._generator = None, None
@@ -210,5 +213,9 @@ class PeriodicEvaluator:
     self.writer.write_scalars(step, {f'eval/{key}': value for key, value in scalars.items()})
     grid = image_grid.make_grid(images[:100], None if labels is None else labels[:100])
     self.writer.write_images(step, {'eval/samples': grid[None]})
+    if self.workdir is not None and jax.process_index() == 0:
+      os.makedirs(os.path.join(self.workdir, EVAL_DIR), exist_ok=True)
+      with open(os.path.join(self.workdir, EVAL_DIR, PERIODIC_FILE), 'a') as f:
+        f.write(json.dumps(dict(scalars, step=step)) + '\n')
     logging.info('Periodic evaluation at step %d: %s', step, json.dumps(scalars))
     return result

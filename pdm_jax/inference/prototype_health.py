@@ -50,7 +50,11 @@ def dataset_assignments(model, variables: dict, config: ml_collections.ConfigDic
   """((N, D) features, (N,) nearest prototype, (N,) labels or None) for the first eval.num_real images of the
   configured split, in one ordered pass (every host computes the whole pass, as for the FID statistics)."""
   data_config = _labelled(config.data)
-  _, batches = data.build(data_config, global_batch_size=_BATCH, seed=config.seed, train=False)
+  batch_size = _BATCH
+  if config.data.name == 'digits':
+    # The digits pass yields whole batches only: one batch of the (tiny) set keeps every image.
+    batch_size = data.build(data_config, global_batch_size=1, seed=config.seed, train=False)[0].num_examples
+  _, batches = data.build(data_config, global_batch_size=batch_size, seed=config.seed, train=False)
   nearest_fn = jax.jit(lambda v, images: model.apply(v, images, method=model.nearest_prototypes))
   features, ids, labels = [], [], []
   remaining = int(config.eval.num_real)
