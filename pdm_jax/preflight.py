@@ -8,6 +8,8 @@ import ml_collections
 from pdm_jax import data
 from pdm_jax import diffusion
 from pdm_jax import sampling
+from pdm_jax.evaluation import inception_weights
+from pdm_jax.inference import evaluate
 from pdm_jax.inference import generate
 from pdm_jax.models import factory
 from pdm_jax.training import train_step
@@ -80,6 +82,7 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
   schedule = check_diffusion(config)
   sampling.check_options(schedule, config.sample.method, config.sample.num_steps)
   if mode != 'train':
+    check_assets(config, mode)
     return
   for path, minimum, meaning in _TRAIN_INTEGERS:
     _check_integer(config, path, minimum, meaning)
@@ -91,6 +94,42 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
                               num_classes=info.num_classes, null_class=factory.has_null_class(config))
   generate.check_sample_config(model, schedule, config.sample)
   _check_sinkhorn_rows(config, model)
+  check_assets(config, mode)
+
+
+def missing_assets(config: ml_collections.ConfigDict, mode: str) -> list[str]:
+  """What `mode` will need but cannot find (the data, the Inception weights), each with how to provide it.
+
+  Training reads the data (and the weights when it evaluates periodically); eval needs the weights, and the data
+  only when the real images' statistics are not cached yet; sample needs neither.
+  """
+  problems = []
+  needs_weights = config.eval.inception and (mode == 'eval' or (mode == 'train' and config.eval.every_steps > 0))
+  weights = None
+  if needs_weights:
+    try:
+      weights = inception_weights.find_or_download_weights(config.eval.inception_weights)
+    except FileNotFoundError as e:
+      problems.append(str(e))
+  needs_data = mode in ('train', 'inspect')
+  if mode == 'eval' and config.eval.inception:
+    needs_data = weights is None or not evaluate.reference_stats_cached(config, weights)
+  if needs_data:
+    try:
+      data.check_available(config.data)
+    except (FileNotFoundError, ValueError) as e:
+      problems.append(str(e))
+  return problems
+
+
+def check_assets(config: ml_collections.ConfigDict, mode: str) -> None:
+  """One FileNotFoundError listing everything missing_assets finds, so one round of fetching provides it all."""
+  problems = missing_assets(config, mode)
+  if len(problems) == 1:
+    raise FileNotFoundError(problems[0])
+  if problems:
+    raise FileNotFoundError(f'{len(problems)} things are missing: '
+                            + ' '.join(f'({i}) {p}' for i, p in enumerate(problems, 1)))
 
 
 def _check_sinkhorn_rows(config: ml_collections.ConfigDict, model) -> None:

@@ -171,3 +171,24 @@ def test_loose_images_beside_class_folders(class_folder):
   _write(class_folder / 'stray.png', 99)
   with pytest.raises(ValueError, match='holds both images and class sub-folders'):
     image_folder.build(_config(class_folder), global_batch_size=2, seed=0)
+
+
+def test_unreadable_files_are_skipped_and_named(class_folder, caplog):
+  (class_folder / 'cat' / 'empty.png').write_bytes(b'')
+  (class_folder / 'dog' / 'page.jpg').write_text('<html>not an image</html>')
+  with caplog.at_level('WARNING'):
+    info, batches = _batches(_config(class_folder), train=False, global_batch_size=5)
+  assert info.num_examples == len(ALL_IDS)
+  assert sorted(np.concatenate([_audit(batch['image'])[0] for batch in batches])) == ALL_IDS
+  # Labels still line up with their images after the skip: id // 10 is the class.
+  for batch in batches:
+    np.testing.assert_array_equal(batch['label'], _audit(batch['image'])[0] // 10)
+  warning = ' '.join(record.getMessage() for record in caplog.records)
+  assert 'Skipping 2 of 17 image files that cannot be read' in warning
+  assert 'empty.png' in warning and 'page.jpg' in warning
+
+
+def test_a_folder_of_only_unreadable_files_is_an_error(tmp_path):
+  (tmp_path / 'a.png').write_bytes(b'\x89PNG broken')
+  with pytest.raises(ValueError, match=r'none of the 1 image files under .* can be read \(e.g. a.png\)'):
+    image_folder.build(_config(tmp_path, use_labels=False), global_batch_size=1, seed=0)

@@ -166,6 +166,25 @@ def test_bad_config_fields_stop_before_any_work(tmp_path, field, value, expected
   assert not os.listdir(tmp_path)  # nothing written, not even the lock
 
 
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_every_missing_asset_is_named_at_once(tmp_path, mode):
+  # Offline, with neither the prepared dataset nor the Inception weights: one line names both and how to get each.
+  config = tiny_config('spdm', num_steps=1)
+  config.data.name = 'cifar10'
+  config.data.image_size = 8
+  config.data.num_channels = 3
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.eval.every_steps = 1
+  config.eval.inception_weights = str(tmp_path / 'pt_inception.pth')
+  entry = run.train_and_evaluate if mode == 'train' else run.evaluate
+  with pytest.raises(FileNotFoundError) as error:
+    entry(config, str(tmp_path / 'run'))
+  message = str(error.value)
+  assert message.startswith('2 things are missing: (1) no Inception weights file at') and '\n' not in message
+  assert '(2) cifar10 is not prepared under data_dir=' in message and 'scripts/prepare_data.py' in message
+  assert not os.path.exists(tmp_path / 'run')
+
+
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
   path = tmp_path / 'a_file'
   path.write_text('')

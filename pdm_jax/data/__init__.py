@@ -52,3 +52,17 @@ def describe(data_config: ml_collections.ConfigDict) -> types.DatasetInfo:
                            num_channels=channels,
                            num_classes=spec.num_classes if datasets.split_has_labels(spec, split) else None,
                            num_examples=0)
+
+
+def check_available(data_config: ml_collections.ConfigDict) -> None:
+  """A FileNotFoundError / ValueError saying how to provide the configured data if it cannot be read here; cheap
+  (lists a folder or opens a tfds builder, reads no examples)."""
+  name = data_config.name
+  if name == 'digits':
+    return  # shipped with scikit-learn
+  if name == 'image_folder':
+    from pdm_jax.data import image_folder
+    image_folder.list_images(data_config.get('data_dir', None) or '')
+    return
+  from pdm_jax.data import tfds_pipeline
+  tfds_pipeline.check_prepared(data_config)

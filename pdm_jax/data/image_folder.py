@@ -8,6 +8,7 @@ import os
 import pathlib
 
 import ml_collections
+from absl import logging
 import numpy as np
 import tensorflow as tf
 from PIL import Image
@@ -51,17 +52,47 @@ def list_images(root: str) -> tuple[list[str], np.ndarray | None, list[str]]:
   return paths, np.array(labels, np.int64), [class_folder.name for class_folder in class_folders]
 
 
-def check_sizes(paths: list[str], image_size: int) -> None:
-  """Raises a ValueError unless every image is image_size x image_size (reads file headers only)."""
-  sizes = {}
+def read_sizes(paths: list[str]) -> list[tuple[int, int] | None]:
+  """(width, height) of each image from its header, or None where the file is not a readable image."""
+  sizes = []
   for path in paths:
-    with Image.open(path) as image:
-      sizes.setdefault(image.size, path)
-    if len(sizes) > 1:
-      examples = ', '.join(f'{os.path.basename(p)} {w}x{h}' for (w, h), p in sizes.items())
+    try:
+      with Image.open(path) as image:
+        sizes.append(image.size)
+    except (OSError, SyntaxError, ValueError):  # PIL's ways of saying "not an image I can read"
+      sizes.append(None)
+  return sizes
+
+
+def drop_unreadable(paths: list[str], labels: np.ndarray | None, sizes: list[tuple[int, int] | None]
+                    ) -> tuple[list[str], np.ndarray | None, list[tuple[int, int]]]:
+  """The readable images only (a warning counts and names the others); a ValueError if none is readable.
+
+  Skipped rather than fatal: one broken file among thousands (a truncated download, a stray .jpg that is really
+  HTML) should not stop a run, and the warning says which files to fix.
+  """
+  keep = [i for i, size in enumerate(sizes) if size is not None]
+  if len(keep) == len(paths):
+    return paths, labels, sizes
+  bad = [os.path.basename(paths[i]) for i, size in enumerate(sizes) if size is None]
+  if not keep:
+    raise ValueError(f'none of the {len(paths)} image files under {os.path.dirname(paths[0])} can be read '
+                     f'(e.g. {", ".join(bad[:3])}): check the files.')
+  logging.warning('Skipping %d of %d image files that cannot be read (%s%s): fix or remove them to use them.',
+                  len(bad), len(paths), ', '.join(bad[:5]), ', ...' if len(bad) > 5 else '')
+  return ([paths[i] for i in keep], None if labels is None else labels[keep], [sizes[i] for i in keep])
+
+
+def check_sizes(paths: list[str], sizes: list[tuple[int, int]], image_size: int) -> None:
+  """Raises a ValueError unless every image is image_size x image_size."""
+  seen = {}
+  for path, size in zip(paths, sizes):
+    seen.setdefault(size, path)
+    if len(seen) > 1:
+      examples = ', '.join(f'{os.path.basename(p)} {w}x{h}' for (w, h), p in seen.items())
       raise ValueError(f'images of mixed sizes ({examples}) and data.resize_mode=\'none\': set '
                        "data.resize_mode='center_crop' or 'squash'.")
-  ((width, height),) = sizes.keys()
+  ((width, height),) = seen.keys()
   if (width, height) != (image_size, image_size):
     raise ValueError(f'images are {width}x{height}, not data.image_size={image_size}: set data.image_size to '
                      "match, or data.resize_mode='center_crop' or 'squash'.")
@@ -89,8 +120,10 @@ def build(data_config: ml_collections.ConfigDict, *, global_batch_size: int, see
   if use_labels and labels is None:
     raise ValueError(f's-PDM needs labels: {root} is a flat folder; put each class in its own sub-folder, or '
                      'set data.use_labels=False (PDM).')
+  # Every header is read once: unreadable files are skipped before they can fail a batch mid-run.
+  paths, labels, sizes = drop_unreadable(paths, labels, read_sizes(paths))
   if resize_mode == 'none':
-    check_sizes(paths, image_size)
+    check_sizes(paths, sizes, image_size)
 
   # A fixed order mixing the classes, whatever the run's seed: the same files land on the same host every run.
   order = np.random.default_rng(0).permutation(len(paths))

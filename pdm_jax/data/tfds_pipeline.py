@@ -129,6 +129,13 @@ def _keep(example: dict, label: LabelFn) -> dict:
   return {'image': example['image'], 'label': label(example)}
 
 
+def check_prepared(data_config: ml_collections.ConfigDict) -> None:
+  """FileNotFoundError (saying how to prepare it) unless the configured split is prepared; reads no examples."""
+  spec = datasets.get_spec(data_config.name)
+  data_dir = resolve_data_dir(data_config.get('data_dir', None))
+  read_split(open_builder(spec, data_dir), data_config.get('split', None) or spec.reference_split, spec, data_dir)
+
+
 def build(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int, start_step: int = 0,
           process_index: int = 0, process_count: int = 1, train: bool = True
           ) -> tuple[types.DatasetInfo, types.BatchIterator]:

@@ -80,6 +80,13 @@ def real_images(config: ml_collections.ConfigDict) -> Iterator[np.ndarray]:
     yield images
 
 
+def reference_stats_cached(config: ml_collections.ConfigDict, weights_path) -> bool:
+  """Whether the real images' statistics for config and these weights are cached (so the data need not be read)."""
+  dataset, split = reference_key(config)
+  return reference_stats.reference_stats_path(dataset, split, config.data.image_size,
+                                              inception_weights.weights_fingerprint(weights_path)).is_file()
+
+
 def load_inception_reference(config: ml_collections.ConfigDict) -> InceptionReference:
   """Loads the Inception weights (eval.inception_weights, else the cache / download) and the real data's statistics."""
   path = inception_weights.find_or_download_weights(config.eval.inception_weights)
