@@ -1,4 +1,4 @@
-"""pdm-jax command line: python main.py --config=configs/<name>.py --workdir=DIR [--mode=train|sample|eval].
+"""pdm-jax command line: python main.py --config=configs/<name>.py --workdir=DIR [--mode=train|sample|eval|inspect].
 
 Any config field can be overridden, e.g. --config.train.num_steps=100 --config.sample.method=ddim.
 """
@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples (resumed if it exists).')
 flags.DEFINE_enum('mode', 'train', run.MODES, 'train: train (resuming) then sample; sample: latest checkpoint; '
-                  'eval: FID / KID / IS of the latest checkpoint.')
+                  'eval: FID / KID / IS of the latest checkpoint; inspect: plots of its prototypes (pdm / spdm).')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first (multi-host clusters).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -48,8 +48,10 @@ def main(argv):
       run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == 'sample':
       run.sample(FLAGS.config, FLAGS.workdir)
-    else:
+    elif FLAGS.mode == 'eval':
       run.evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      run.inspect(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
     logging.debug('Full traceback:', exc_info=True)  # shown with --verbosity=1
     sys.exit(f'error: {e}')
