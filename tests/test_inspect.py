@@ -85,6 +85,10 @@ def test_report_shares_match_a_recount_of_the_dataset(inspected):
   np.testing.assert_allclose(shares, np.bincount(nearest, minlength=10) / len(nearest))
   for key, value in prototype_health.health(nearest, 10, labels).items():
     assert report[key] == pytest.approx(value), key
+  prototypes = np.asarray(variables['params']['memory']['prototypes'])
+  unit = prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True)
+  off_diagonal = (unit @ unit.T)[~np.eye(10, dtype=bool)]
+  assert report['prototype_max_abs_cosine'] == pytest.approx(np.max(np.abs(off_diagonal)), abs=1e-6)
 
 
 def test_report_has_the_digit_purity_of_each_sampled_prototype(inspected):

@@ -220,6 +220,9 @@ def inspect_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       prototype_shares=shares.tolist(), sampled_prototypes=rows.tolist(),
                       samples_per_prototype=per_row, sample_method=config.sample.method,
                       sample_num_steps=config.sample.num_steps or config.diffusion.num_timesteps)
+  similarity = cosine_similarity(prototypes)
+  # The compactness loss pulls this towards 0; near 1 means two prototypes became one.
+  report['prototype_max_abs_cosine'] = float(np.max(np.abs(similarity - np.eye(num_prototypes)), initial=0.0))
   if jax.process_index() != 0:
     return report
   condition = 'class' if model.kind.class_conditional else 'prototype'
@@ -245,8 +248,9 @@ def inspect_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _plot_samples(os.path.join(out_dir, 'samples_per_prototype.png'), images, rows, row_labels,
                 f'{name}: {per_row} samples per fixed {condition}{row_legend}')
   _plot_usage(os.path.join(out_dir, 'prototype_usage.png'), shares, len(nearest), name)
-  _plot_similarity(os.path.join(out_dir, 'prototype_similarity.png'), cosine_similarity(prototypes),
-                   f'{name}: cosine similarity of the {num_prototypes} prototypes')
+  _plot_similarity(os.path.join(out_dir, 'prototype_similarity.png'), similarity,
+                   f'{name}: cosine similarity of the {num_prototypes} prototypes\n'
+                   f'largest off the diagonal: {report["prototype_max_abs_cosine"]:.3f} (absolute value)')
   with open(os.path.join(out_dir, 'report.json'), 'w') as f:
     json.dump(report, f, indent=1)
   logging.info('Wrote the prototype inspection of step %d to %s: %s', step, out_dir,
