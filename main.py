@@ -1,4 +1,4 @@
-"""pdm-jax command line: python main.py --config=configs/<name>.py --workdir=DIR [--mode=train|sample|eval].
+"""pdm-jax command line: python main.py --config=configs/<name>.py --workdir=DIR [--mode=train|sample|eval|inspect].
 
 Any config field can be overridden, e.g. --config.train.num_steps=100 --config.sample.method=ddim.
 """

@@ -111,4 +111,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Path of pytorch-fid's pt_inception-2015-12-05 .pth; None: the cache (~/.cache/pdm_jax/inception), downloaded.
   config.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)
   config.eval.batch_size = 50  # Inception batch (generation batches are sample.batch_size)
+
+  # --mode=inspect (pdm / spdm): pictures of the prototype memory in <workdir>/inspect/. Samples use sample.method,
+  # sample.num_steps and sample.batch_size; the features cover the first eval.num_real images of the dataset.
+  config.inspect = ml_collections.ConfigDict()
+  config.inspect.max_rows = 20  # prototypes sampled, spread over all K when K is larger
+  config.inspect.samples_per_prototype = 10
   return config

@@ -1,4 +1,4 @@
-"""pdm-jax command line: pdm-jax --config=configs/<name>.py --workdir=DIR [--mode=train|sample|eval].
+"""pdm-jax command line: pdm-jax --config=configs/<name>.py --workdir=DIR [--mode=train|sample|eval|inspect].
 
 (python main.py takes the same flags.) Any config field can be overridden, e.g. --config.train.num_steps=100
 --config.sample.method=ddim.
@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples (resumed if it exists).')
 flags.DEFINE_enum('mode', 'train', run.MODES, 'train: train (resuming) then sample; sample: latest checkpoint; '
-                  'eval: FID / KID / IS of the latest checkpoint.')
+                  'eval: FID / KID / IS of the latest checkpoint; inspect: plots of its prototypes (pdm / spdm).')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first (multi-host clusters).')
 flags.mark_flags_as_required(['config', 'workdir'])
 _FLAG_NAMES = ('config', 'workdir', 'mode', 'distributed')
@@ -48,12 +48,8 @@ def _run(argv):
   logging.info('JAX processes %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   try:
-    if FLAGS.mode == 'train':
-      run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == 'sample':
-      run.sample(FLAGS.config, FLAGS.workdir)
-    else:
-      run.evaluate(FLAGS.config, FLAGS.workdir)
+    entry_points = dict(train=run.train_and_evaluate, sample=run.sample, eval=run.evaluate, inspect=run.inspect)
+    entry_points[FLAGS.mode](FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
     logging.debug('Full traceback:', exc_info=True)  # shown with --verbosity=1
     sys.exit(f'error: {e}')

@@ -12,6 +12,7 @@ from pdm_jax.evaluation import inception_weights
 from pdm_jax.inference import evaluate
 from pdm_jax.inference import generate
 from pdm_jax.models import factory
+from pdm_jax.models import kinds
 from pdm_jax.training import train_step
 
 # (field, smallest value, what the value means): integers a run needs at least this large.
@@ -74,13 +75,15 @@ def check_diffusion(config: ml_collections.ConfigDict) -> diffusion.Schedule:
 
 
 def check(config: ml_collections.ConfigDict, mode: str) -> None:
-  """Raises a one-line ValueError for the first wrong field that `mode` ('train' | 'sample' | 'eval') uses.
+  """Raises a one-line ValueError for the first wrong field that `mode` (one of run.MODES) uses.
 
   Sampling and evaluation check the model's own settings (sample.label in range) once the checkpoint says what the
   model is; training checks them here, from the config and data.describe.
   """
   schedule = check_diffusion(config)
   sampling.check_options(schedule, config.sample.method, config.sample.num_steps)
+  if mode == 'inspect':
+    check_inspect(config)
   if mode != 'train':
     check_assets(config, mode)
     return
@@ -130,6 +133,16 @@ def check_assets(config: ml_collections.ConfigDict, mode: str) -> None:
   if problems:
     raise FileNotFoundError(f'{len(problems)} things are missing: '
                             + ' '.join(f'({i}) {p}' for i, p in enumerate(problems, 1)))
+
+
+def check_inspect(config: ml_collections.ConfigDict) -> None:
+  """--mode=inspect pictures a prototype memory: refuse other model kinds and empty inspect.* settings."""
+  kind = kinds.get(config.model.type)
+  if not kind.prototype_memory:
+    raise ValueError(f'--mode=inspect needs a model with prototypes (model.type pdm or spdm), not '
+                     f'model.type={kind.name}: use --mode=sample or --mode=eval for it.')
+  _check_integer(config, 'inspect.max_rows', 1, 'prototypes sampled, one grid row each')
+  _check_integer(config, 'inspect.samples_per_prototype', 1, 'samples drawn with each of those prototypes')
 
 
 def _check_sinkhorn_rows(config: ml_collections.ConfigDict, model) -> None:

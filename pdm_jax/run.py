@@ -1,4 +1,5 @@
-"""Entry points behind main.py: train (then sample), sample, or evaluate (FID / KID / IS) the latest checkpoint."""
+"""Entry points behind main.py: train (then sample), sample, evaluate (FID / KID / IS) or inspect (the prototypes of)
+the latest checkpoint."""
 
 import functools
 import json
@@ -15,11 +16,12 @@ from pdm_jax import preflight
 from pdm_jax import workdir_lock
 from pdm_jax.inference import evaluate as evaluate_lib
 from pdm_jax.inference import generate
+from pdm_jax.inference import inspection
 from pdm_jax.inference import prototype_health
 from pdm_jax.inference import restore
 from pdm_jax.training import loop
 
-MODES = ('train', 'sample', 'eval')
+MODES = ('train', 'sample', 'eval', 'inspect')
 
 
 def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = 'final',
@@ -113,3 +115,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Scores eval.num_samples samples of the latest checkpoint; writes <workdir>/eval/metrics.json (FID, KID, IS)."""
   return evaluate_lib.evaluate_checkpoint(config, workdir)
+
+
+@_entry_point('inspect')
+def inspect(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Pictures the prototype memory (pdm / spdm) of the latest checkpoint in <workdir>/inspect/; reads the dataset."""
+  return inspection.inspect_checkpoint(config, workdir)

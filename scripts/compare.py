@@ -147,8 +147,8 @@ def write_table(results: dict[str, dict], out: str) -> tuple[str, str]:
     lines.append(f'| {method} | ' + ' | '.join(_cell(result.get(key), fmt) for key, _, fmt in columns) + ' |')
   first = next(iter(results.values()))
   lines.append('')
-  lines.append(f'Sampler: {first.get("method")} with {first.get("num_steps")} steps, {first.get("num_samples")} samples '
-               'per method.')
+  lines.append(f'Sampler: {first.get("method")} with {first.get("num_steps")} steps, {first.get("num_samples")} '
+               'samples per method.')
   with open(md_path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   with open(csv_path, 'w', newline='') as f:

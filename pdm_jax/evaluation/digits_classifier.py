@@ -108,6 +108,11 @@ def _default_classifier() -> DigitsClassifier:
   return train_digits_classifier(seed=0)
 
 
+def predict_digits(images) -> np.ndarray:
+  """Digit classes int (N,) of uint8 images (N, H, H[, 1]) in 0..255, by the cached seed-0 classifier."""
+  return _default_classifier().predict(images)
+
+
 def real_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
   """All real digits as uint8 images (1797, 8, 8, 1) on the sampler's 0..255 scale, and their labels (1797,)."""
   digits = load_digits()

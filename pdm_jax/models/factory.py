@@ -106,4 +106,5 @@ def build_model(model_config: ml_collections.ConfigDict, *, image_size: int, num
   unet_config.update({name: model_config[name] for name in _UNET_SETTINGS},
                      in_channels=num_channels, out_channels=num_channels, remat=bool(model_config.remat))
   return pdm.DiffusionModel(model_type=kind.name, unet_config=unet_config, num_prototypes=num_prototypes,
-                            dtype=dtype, null_class=null_class, **{name: model_config[name] for name in _PROTOTYPE_SETTINGS})
+                            dtype=dtype, null_class=null_class,
+                            **{name: model_config[name] for name in _PROTOTYPE_SETTINGS})
