@@ -83,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 100
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
+  # A step with a non-finite loss or gradient: 'stop' the run there (nothing of it saved; a rerun resumes from the
+  # last good checkpoint) or 'skip' its update and go on (counted as `skipped` in the metrics).
+  config.train.on_nonfinite = 'stop'
   # Class-conditional models: the share of images trained with the null class, for classifier-free guidance
   # (sample.guidance_scale). 0: no null class (the reference).
   config.train.label_dropout = 0.0

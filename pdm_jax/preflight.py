@@ -92,6 +92,9 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
   for path, low, low_allowed, high, example in _TRAIN_FLOATS:
     _check_float(config, path, low, low_allowed, high, example)
   train_step.check_grad_accum_steps(config.train.batch_size, config.train.grad_accum_steps)
+  if config.train.on_nonfinite not in ('stop', 'skip'):
+    raise ValueError(f'train.on_nonfinite={config.train.on_nonfinite!r} is unknown: use stop (end the run at the '
+                     'step, the last good checkpoint kept) or skip (drop that update and go on).')
   info = data.describe(config.data)
   model = factory.build_model(config.model, image_size=info.image_size, num_channels=info.num_channels,
                               num_classes=info.num_classes, null_class=factory.has_null_class(config))

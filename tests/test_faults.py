@@ -73,6 +73,39 @@ def test_a_non_finite_step_is_never_saved_and_the_rerun_resumes_from_the_last_go
   _assert_close(_params(resumed), _params(straight))
 
 
+def test_skip_mode_drops_the_non_finite_update_and_trains_on(tmp_path, monkeypatch):
+  config = tiny_config('pdm', num_steps=6, checkpoint_every=3, log_every=3)
+  config.train.on_nonfinite = 'skip'
+  around_skip = []
+
+  def poison(step_fn, state, batch):
+    before = _params(state)  # read before the step donates the state's buffers
+    out = step_fn(state, {**batch, 'image': batch['image'] * np.nan})
+    around_skip.append((before, _params(out[0]), int(out[0].step), float(out[1]['skipped'])))
+    return out
+  _StepWrapper(monkeypatch, 2, poison)
+  seen = []
+  real_write = loop.metric_writers.create_default_writer
+
+  def recording_writer(*args, **kwargs):
+    writer = real_write(*args, **kwargs)
+    write_scalars = writer.write_scalars
+    writer.write_scalars = lambda step, scalars: (seen.append((step, dict(scalars))), write_scalars(step, scalars))
+    return writer
+  monkeypatch.setattr(loop.metric_writers, 'create_default_writer', recording_writer)
+  _, state = loop.train(config, str(tmp_path))
+  assert int(state.step) == 6 and all(np.isfinite(leaf).all() for leaf in _params(state))
+  # The poisoned step counted (the data moved on) but left the parameters exactly as they were.
+  (before, after, step, skipped), = around_skip
+  assert step == 2 and skipped == 1.0
+  for x, y in zip(before, after, strict=True):
+    np.testing.assert_array_equal(x, y)
+  # Step 2 of the first window of three was skipped; its NaN loss does not blank the window's average.
+  windows = {step: scalars for step, scalars in seen if 'skipped' in scalars}
+  assert windows[3]['skipped'] == pytest.approx(1 / 3) and windows[6]['skipped'] == 0.0
+  assert np.isfinite(windows[3]['loss'])
+
+
 def _sigterm_after(step_fn, state, batch):
   out = step_fn(state, batch)
   os.kill(os.getpid(), signal.SIGTERM)

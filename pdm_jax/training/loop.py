@@ -224,7 +224,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
 
         if step % config.train.log_every == 0 or step == num_steps:
           guard.check(step)
-          averaged = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0] if k != 'finite'}
+          # nanmean: with train.on_nonfinite='skip' a skipped step's NaN loss does not blank its whole window.
+          averaged = {k: float(np.nanmean([m[k] for m in jax.device_get(pending)])) for k in pending[0]
+                      if k != 'finite'}
+          if averaged.get('skipped'):
+            logging.warning('%d of the last %d steps were skipped: their loss or gradients were not finite '
+                            "(train.on_nonfinite='skip').", round(averaged['skipped'] * len(pending)), len(pending))
           pending = []
           elapsed = time.time() - window_start
           steps_per_second = (step - window_step) / max(elapsed, 1e-9)

@@ -147,9 +147,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
   ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
 
   grad_norm, param_norm = optax.global_norm(grads), optax.global_norm(params)
+  finite = jnp.isfinite(scalars['loss'] + grad_norm + param_norm)
   metrics = dict(scalars, grad_norm=grad_norm, param_norm=param_norm, learning_rate=learning_rate_fn(state.step),
                  # 1.0 while loss, gradients and new parameters are all finite: the loop never saves a state without it.
-                 finite=jnp.isfinite(scalars['loss'] + grad_norm + param_norm).astype(jnp.float32))
+                 finite=finite.astype(jnp.float32))
+  if config.train.get('on_nonfinite', 'stop') == 'skip':
+    # A non-finite update is dropped (the step still counts, so the data stream moves on): the state stays finite.
+    params, opt_state, ema_params, batch_stats = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old), (params, opt_state, ema_params, batch_stats),
+        (state.params, state.opt_state, state.ema_params, state.batch_stats))
+    metrics.update(finite=jnp.ones((), jnp.float32), skipped=1.0 - finite.astype(jnp.float32))
   if 'selected_prototype' in per_image:
     metrics.update(prototype_usage(per_image['selected_prototype'], model.num_prototypes))
     if model.kind.class_conditional:
