@@ -10,6 +10,7 @@ from pdm_jax import diffusion
 from pdm_jax import sampling
 from pdm_jax.inference import generate
 from pdm_jax.models import factory
+from pdm_jax.training import prototype_classifier
 from pdm_jax.training import train_step
 
 # (field, smallest value, what the value means): integers a run needs at least this large.
@@ -86,6 +87,7 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
   for path, low, low_allowed, high, example in _TRAIN_FLOATS:
     _check_float(config, path, low, low_allowed, high, example)
   train_step.check_grad_accum_steps(config.train.batch_size, config.train.grad_accum_steps)
+  prototype_classifier.check_config(config)
   info = data.describe(config.data)
   model = factory.build_model(config.model, image_size=info.image_size, num_channels=info.num_channels,
                               num_classes=info.num_classes, null_class=factory.has_null_class(config))
