@@ -11,8 +11,10 @@ import pytest
 
 from pdm_jax import data
 from pdm_jax import preflight
+from pdm_jax.inference import restore
 from pdm_jax.models import factory
 from pdm_jax.models import pdm
+from pdm_jax.training import checkpoints
 from pdm_jax.training import loop
 from pdm_jax.training import prototype_classifier
 from pdm_jax.training import state as state_lib
@@ -130,6 +132,10 @@ def test_proto_frozen_never_moves_the_centres_and_resume_skips_stage_one(stage_o
   _, resumed = loop.train(config, str(tmp_path))  # no centres needed: restored from checkpoint 3
   assert int(resumed.step) == 4
   np.testing.assert_array_equal(resumed.params[CENTRES], centres)
+  # A checkpoint trained frozen has another optimizer state: resuming it unfrozen is refused in one line.
+  config.protodiffusion.mode = 'proto_unfrozen'
+  with pytest.raises(checkpoints.CheckpointError, match=r"frozen_parameters: saved \['class_centres'\], now \[\]"):
+    restore.restore_latest(config, str(tmp_path))
 
 
 def test_proto_unfrozen_trains_the_centres(stage_one, tmp_path, monkeypatch):

@@ -73,8 +73,11 @@ def initial_state(experiment: Experiment, class_centres: np.ndarray | None = Non
   replicated = sharding.replicated(experiment.mesh)
   init = jax.jit(lambda: state_lib.create_train_state(experiment.model, experiment.tx, keys['init'], keys['train'],
                                                       experiment.image_shape), out_shardings=replicated)
-  experiment.checkpointer.check_signature(checkpoints.model_signature(
-      experiment.config, experiment.image_shape, experiment.model.num_prototypes))
+  signature = checkpoints.model_signature(experiment.config, experiment.image_shape, experiment.model.num_prototypes)
+  if experiment.model.kind.class_prototypes:
+    # Frozen parameters change the optimizer state's structure: a checkpoint fits only the same freeze.
+    signature['frozen_parameters'] = list(prototype_classifier.frozen_parameters(experiment.config))
+  experiment.checkpointer.check_signature(signature)
   latest = experiment.checkpointer.latest_step()
   if latest is not None:
     logging.info('Resuming from checkpoint %d in %s', latest, experiment.checkpointer.directory)
