@@ -11,7 +11,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Model: 'pdm' (unsupervised prototypes), 'spdm' (one prototype per class) or 'ddpm' (no conditioning).
+  # Model: 'pdm' (unsupervised prototypes), 'spdm' (one prototype per class), 'ddpm' (no conditioning), 'cddpm'
+  # (class embedding) or 'protodiffusion' (class embedding of prototype_dim started from a prototype classifier).
   config.model = ml_collections.ConfigDict()
   config.model.type = 'spdm'
   config.model.block_out_channels = (16, 32, 32)
@@ -22,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.norm_num_groups = 8
   config.model.dropout = 0.0
   config.model.bottleneck_num_heads = 8
-  # Prototype memory (pdm / spdm). For spdm num_prototypes is the number of classes.
+  # Prototype memory (pdm / spdm). For spdm num_prototypes is the number of classes. protodiffusion: prototype_dim is
+  # the width of its class embedding and of the prototype classifier's features.
   config.model.num_prototypes = 10
   config.model.prototype_dim = 64
   config.model.tau = 1.0
@@ -89,6 +91,18 @@ def get_config() -> ml_collections.ConfigDict:
   # Class-conditional models: the share of images trained with the null class, for classifier-free guidance
   # (sample.guidance_scale). 0: no null class (the reference).
   config.train.label_dropout = 0.0
+
+  # ProtoDiffusion (model.type='protodiffusion') only. mode: 'regular' (random class embedding, no stage 1) |
+  # 'proto_frozen' (the prototype classifier's centres, never updated) | 'proto_unfrozen' (the centres, then trained).
+  # Stage 1 trains that classifier (pdm_jax/training/prototype_classifier.py) for classifier_steps Adam steps of
+  # train.batch_size images: distance-based cross-entropy with logits -gamma * squared distance, plus pull_weight
+  # times the squared distance to the image's own centre.
+  config.protodiffusion = ml_collections.ConfigDict()
+  config.protodiffusion.mode = 'proto_frozen'
+  config.protodiffusion.classifier_steps = 500
+  config.protodiffusion.classifier_learning_rate = 1e-3
+  config.protodiffusion.gamma = 1.0
+  config.protodiffusion.pull_weight = 0.01
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_samples = 200

@@ -3,11 +3,13 @@
 Every reference run: diffusers UNet2DModel (128, 256, 256, 256) x 2 layers, attention at the second level,
 prototype_dim 256, batch 64, AdamW lr 1e-4 (torch's default weight decay 0.01), 500 warmup steps then cosine
 decay, 500 epochs, T = 2000 (PDM) or 1000 (s-PDM), linear betas 1e-4..0.02, epsilon prediction.
+The baselines (ddpm, cddpm, protodiffusion) get the same UNet, data and budget with T = 1000.
 """
 
 import ml_collections
 
 from configs import default
+from pdm_jax.models import kinds
 
 # dataset name -> (image size, examples per epoch, K prototypes for PDM, extra data fields)
 DATASETS = {
@@ -19,12 +21,16 @@ DATASETS = {
 }
 EPOCHS = 500
 BATCH_SIZE = 64
+# ProtoDiffusion's prototype classifier: 128-dimensional prototypes as its pretrained ones (seed README); its
+# training length is not stated there, so 20 epochs (a small share of the diffusion budget) are an assumption.
+PROTOTYPE_CLASSIFIER_EPOCHS = 20
 
 
 def get_config(dataset: str, model_type: str) -> ml_collections.ConfigDict:
   """The reference run of `model_type` on `dataset`: 'pdm' or 'spdm' as the reference trains them, and the baselines
-  'ddpm' and 'cddpm' with the same UNet, data and budget (T = 1000; cddpm with min-SNR loss weighting and label
-  dropout 0.1 for classifier-free guidance)."""
+  'ddpm', 'cddpm' and 'protodiffusion' with the same UNet, data and budget (T = 1000; cddpm with min-SNR loss
+  weighting, protodiffusion with plain epsilon MSE as its paper, both with label dropout 0.1 for classifier-free
+  guidance; protodiffusion's class embedding starts from frozen prototype classifier centres of dimension 128)."""
   image_size, num_examples, num_prototypes, data_fields = DATASETS[dataset]
   config = default.get_config()
   config.model.type = model_type
@@ -45,10 +51,16 @@ def get_config(dataset: str, model_type: str) -> ml_collections.ConfigDict:
   config.data.image_size = image_size
   config.data.num_channels = 3
   config.data.random_flip = True
-  config.data.use_labels = model_type in ('spdm', 'cddpm')
+  kind = kinds.get(model_type)
+  config.data.use_labels = kind.class_conditional
+  if kind.class_conditional and not kind.prototype_memory:  # the class-embedding baselines: guided
+    config.train.label_dropout = 0.1
   if model_type == 'cddpm':
     config.diffusion.loss_weighting = 'min_snr'
-    config.train.label_dropout = 0.1
+  if kind.class_prototypes:
+    config.model.prototype_dim = 128
+    config.protodiffusion.mode = 'proto_frozen'  # the seed README's example run
+    config.protodiffusion.classifier_steps = PROTOTYPE_CLASSIFIER_EPOCHS * num_examples // BATCH_SIZE
   config.data.update(data_fields)
 
   config.train.batch_size = BATCH_SIZE

@@ -13,6 +13,7 @@ from pdm_jax.inference import evaluate
 from pdm_jax.inference import generate
 from pdm_jax.models import factory
 from pdm_jax.models import kinds
+from pdm_jax.training import prototype_classifier
 from pdm_jax.training import train_step
 
 # (field, smallest value, what the value means): integers a run needs at least this large.
@@ -95,6 +96,7 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
   if config.train.on_nonfinite not in ('stop', 'skip'):
     raise ValueError(f'train.on_nonfinite={config.train.on_nonfinite!r} is unknown: use stop (end the run at the '
                      'step, the last good checkpoint kept) or skip (drop that update and go on).')
+  prototype_classifier.check_config(config)
   info = data.describe(config.data)
   model = factory.build_model(config.model, image_size=info.image_size, num_channels=info.num_channels,
                               num_classes=info.num_classes, null_class=factory.has_null_class(config))

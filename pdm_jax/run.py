@@ -20,6 +20,7 @@ from pdm_jax.inference import inspection
 from pdm_jax.inference import prototype_health
 from pdm_jax.inference import restore
 from pdm_jax.training import loop
+from pdm_jax.training import prototype_classifier
 
 MODES = ('train', 'sample', 'eval', 'inspect')
 
@@ -78,12 +79,17 @@ def _entry_point(mode: str):
 
 @_entry_point('train')
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming; evaluating every eval.every_steps when set), then writes the final samples."""
+  """Trains (resuming; evaluating every eval.every_steps when set), then writes the final samples.
+
+  ProtoDiffusion first trains (or restores) its prototype classifier, whose centres start the class embedding.
+  """
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   periodic = []
   if config.eval.every_steps:
     periodic.append((config.eval.every_steps, evaluate_lib.PeriodicEvaluator(config, writer, workdir)))
-  experiment, state = loop.train(config, workdir, writer=writer, periodic=periodic)
+  centres = prototype_classifier.train_stage_one(
+      config, workdir, rng=loop.run_keys(config.seed)['prototype_classifier'], writer=writer)
+  experiment, state = loop.train(config, workdir, writer=writer, periodic=periodic, class_centres=centres)
   health = None
   if experiment.model.kind.prototype_memory:
     health = prototype_health.dataset_health(

@@ -142,12 +142,14 @@ def test_scheduler_config_refuses_what_diffusers_cannot_express():
     diffusers_export.scheduler_config(config)
 
 
-@pytest.mark.parametrize('model_type', ['pdm', 'spdm'])
-def test_prototype_models_are_refused(tmp_path, model_type):
+@pytest.mark.parametrize('model_type, message', [
+    ('pdm', 'a diffusers UNet2DModel cannot express'), ('spdm', 'a diffusers UNet2DModel cannot express'),
+    ('protodiffusion', 'projects its class centres into the time embedding')])
+def test_prototype_models_are_refused(tmp_path, model_type, message):
   config = tiny_config(model_type)
   model = factory.build_model(config.model, image_size=IMAGE_SIZE, num_channels=CHANNELS, num_classes=CLASSES)
   output = tmp_path / 'out'
-  with pytest.raises(ValueError, match=f'model.type={model_type} .* a diffusers UNet2DModel cannot express'):
+  with pytest.raises(ValueError, match=f'model.type={model_type}.* {message}'):
     diffusers_export.export_pipeline(model, {'unet': {}, 'memory': {}}, IMAGE_SIZE, config.diffusion, str(output))
   assert not output.exists()
 

@@ -82,10 +82,13 @@ def test_config_errors_are_one_line(tmp_path, args, expected):
 @pytest.mark.parametrize('model_type,methods', [
     ('spdm', ('ddpm', 'ddim', 's-pndm', 'f-pndm', 'fon', 'pf')),
     ('ddpm', ('ddim',)),
+    ('protodiffusion', ('ddim',)),  # stage 1 (the prototype classifier) runs inside train_and_evaluate
 ])
 def test_models_sample_with_the_configured_method(tmp_path, model_type, methods):
   config = tiny_config(model_type, num_steps=2)
   run.train_and_evaluate(config, str(tmp_path))
+  stage_one = tmp_path / 'prototype_classifier' / 'checkpoints' / str(config.protodiffusion.classifier_steps)
+  assert os.path.isdir(stage_one) == (model_type == 'protodiffusion')
   for method in methods:
     config.sample.method = method
     config.sample.num_steps = 4

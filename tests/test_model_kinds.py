@@ -47,7 +47,7 @@ def test_every_kind_is_declared_with_a_known_conditioning():
   for name, kind in kinds.KINDS.items():
     assert kind.name == name and kind.conditioning in kinds.CONDITIONINGS
     assert kind.class_conditional == (kind.conditioning == 'label')
-  with pytest.raises(ValueError, match="Unknown model.type='gan': use one of ddpm, cddpm, pdm, spdm"):
+  with pytest.raises(ValueError, match="Unknown model.type='gan': use one of ddpm, cddpm, protodiffusion, pdm, spdm"):
     kinds.get('gan')
 
 
@@ -84,11 +84,17 @@ def test_init_inputs_reach_every_parameter_of_the_kind(name):
   class_embedding = any('class_embedding' in jax.tree_util.keystr(path)
                         for path, _ in jax.tree_util.tree_leaves_with_path(params))
   assert class_embedding == (name == 'cddpm')
+  # ProtoDiffusion's class embedding: K rows of prototype_dim (stage 1's centres), projected to the time embedding.
+  assert ('class_centres' in params) == ('class_projection' in params['unet']) == model.kind.class_prototypes
+  if model.kind.class_prototypes:
+    assert params['class_centres'].shape == (10, 16)
 
 
 def test_signature_holds_only_the_fields_that_shape_the_kind(tmp_path):
   ddpm = checkpoints.model_signature(tiny_config('ddpm'), (8, 8, 1), 0)
   assert 'num_prototypes' not in ddpm and 'prototype_dim' not in ddpm
+  protodiffusion = checkpoints.model_signature(tiny_config('protodiffusion'), (8, 8, 1), 10)
+  assert protodiffusion['num_prototypes'] == 10 and protodiffusion['prototype_dim'] == 16
   spdm = checkpoints.model_signature(tiny_config('spdm'), (8, 8, 1), 10)
   assert spdm['num_prototypes'] == 10 and spdm['prototype_dim'] == 16 and spdm['model_type'] == 'spdm'
   # A ddpm directory written when every signature held the prototype fields still serves a ddpm run.

@@ -1,6 +1,7 @@
 """Tiny configs that compile in seconds on a CPU (no torch import: command-line tests load this too)."""
 
 from configs import default
+from pdm_jax.models import kinds
 
 
 def tiny_config(model_type: str = 'spdm', **train_overrides):
@@ -12,7 +13,8 @@ def tiny_config(model_type: str = 'spdm', **train_overrides):
   config.model.up_block_types = ('AttnUpBlock2D', 'UpBlock2D')
   config.model.norm_num_groups = 4
   config.model.prototype_dim = 16
-  config.data.use_labels = model_type in ('spdm', 'cddpm')
+  config.data.use_labels = kinds.get(model_type).class_conditional
+  config.protodiffusion.classifier_steps = 4
   config.diffusion.num_timesteps = 50
   config.train.batch_size = 16
   config.train.num_steps = 8

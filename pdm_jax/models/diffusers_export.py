@@ -32,6 +32,9 @@ def check_exportable(kind: kinds.ModelKind) -> None:
   if kind.prototype_memory:
     raise ValueError(f'model.type={kind.name} conditions the UNet bottleneck on prototypes by cross-attention, which '
                      'a diffusers UNet2DModel cannot express: only ddpm and cddpm models export.')
+  if kind.class_prototypes:
+    raise ValueError(f'model.type={kind.name} projects its class centres into the time embedding, which this exporter '
+                     'does not write yet: only ddpm and cddpm models export.')
 
 
 def unet_config(unet: unet_lib.UNet2D, sample_size: int) -> dict[str, Any]:

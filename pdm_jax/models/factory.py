@@ -44,7 +44,7 @@ def shape_fields(model_config: ml_collections.ConfigDict, num_conditions: int, n
     fields['num_prototypes'] = num_conditions  # classes or prototypes: the rows of the embedding or memory
   if null_class:
     fields['null_class'] = True
-  if kind.prototype_memory:
+  if kind.prototype_memory or kind.class_prototypes:
     fields['prototype_dim'] = model_config.prototype_dim
     if uses_feature_queue(model_config):
       fields['prototype_queue_size'] = model_config.prototype_queue_size
@@ -96,6 +96,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, image_size: int, num
       up_block_types=tuple(model_config.up_block_types))
   attention.check_attention_impl(model_config.attention_impl, model_config.attention_chunk_size)
   check_prototype_settings(model_config)
+  if (kind.prototype_memory or kind.class_prototypes) and model_config.prototype_dim < 1:
+    raise ValueError(f'model.prototype_dim={model_config.prototype_dim} must be >= 1 for model.type={kind.name}.')
   dtype = compute_dtype(model_config.dtype)
   bottleneck_channels = model_config.block_out_channels[-1]
   if kind.prototype_memory and bottleneck_channels % model_config.bottleneck_num_heads:

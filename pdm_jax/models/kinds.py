@@ -23,6 +23,9 @@ class ModelKind:
   prototype_memory: bool  # f_phi and K prototypes; the network is trained with the clean images
   loss_terms: tuple[str, ...]  # scalar terms besides the diffusion loss, as the network's aux reports them
   summary: str
+  # ProtoDiffusion: the class embedding has model.prototype_dim columns (a Dense layer projects it to the time
+  # embedding) and its rows can start as a prototype classifier's class centres (training/prototype_classifier.py).
+  class_prototypes: bool = False
 
   @property
   def conditional(self) -> bool:
@@ -96,6 +99,8 @@ KINDS = {kind.name: kind for kind in (
               summary='unconditional DDPM baseline'),
     ModelKind('cddpm', conditioning='label', prototype_memory=False, loss_terms=(),
               summary='class-conditional DDPM baseline (class embedding added to the time embedding)'),
+    ModelKind('protodiffusion', conditioning='label', prototype_memory=False, loss_terms=(), class_prototypes=True,
+              summary="ProtoDiffusion: class embedding started from a prototype classifier's class centres"),
     ModelKind('pdm', conditioning='prototype', prototype_memory=True, loss_terms=_PROTOTYPE_TERMS,
               summary='nearest of K learned prototypes conditions the UNet bottleneck'),
     ModelKind('spdm', conditioning='label', prototype_memory=True, loss_terms=_PROTOTYPE_TERMS,

@@ -1,4 +1,5 @@
-"""The denoiser of every model kind (models/kinds.py): a UNet, conditioned for PDM / s-PDM on one prototype token."""
+"""The denoiser of every model kind (models/kinds.py): a UNet, conditioned for PDM / s-PDM on one prototype token,
+for the class-conditional baselines on a class embedding added to the time embedding."""
 
 from typing import Any, Mapping
 
@@ -9,6 +10,11 @@ import jax.numpy as jnp
 from pdm_jax.models import kinds
 from pdm_jax.models import prototypes as prototypes_lib
 from pdm_jax.models.unet import UNet2D
+
+# ProtoDiffusion's class embedding: rows 0..K-1 (one per class; stage 1 sets them to the class centres) and the null
+# row of classifier-free guidance, two parameters so the rows can be frozen without the null row.
+CLASS_CENTRES = 'class_centres'
+NULL_CLASS_EMBEDDING = 'null_class_embedding'
 
 
 class DiffusionModel(nn.Module):
@@ -42,13 +48,19 @@ class DiffusionModel(nn.Module):
         **self.unet_config,
         bottleneck_attention=kind.prototype_memory,
         # Label conditioning without a prototype memory is a class embedding added to the time embedding.
-        num_class_embeds=(self.num_prototypes + int(self.null_class)
-                          if kind.class_conditional and not kind.prototype_memory else None),
+        num_class_embeds=(self.num_prototypes + int(self.null_class) if kind.class_conditional
+                          and not kind.prototype_memory and not kind.class_prototypes else None),
         dtype=self.dtype)
 
   def setup(self):
     kind = self.kind
     self.unet = self.make_unet()
+    if kind.class_prototypes:
+      # N(0, 1) as torch's nn.Embedding: the 'regular' start; stage 1 overwrites the class rows with its centres.
+      embedding_init = nn.initializers.normal(1.0)
+      self.class_centres = self.param(CLASS_CENTRES, embedding_init, (self.num_prototypes, self.prototype_dim))
+      if self.null_class:
+        self.null_class_embedding = self.param(NULL_CLASS_EMBEDDING, embedding_init, (self.prototype_dim,))
     if kind.prototype_memory:
       balanced = self.prototype_assignment == 'sinkhorn' and not kind.class_conditional
       self.memory = prototypes_lib.PrototypeMemory(self.num_prototypes, self.prototype_dim, self.dtype,
@@ -62,10 +74,10 @@ class DiffusionModel(nn.Module):
                drop_condition: jax.Array | None = None, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """x_t (B, H, W, C), t (B,) -> ((B, H, W, C) output, aux dict).
 
-    Training passes clean_images (and labels for spdm / cddpm); sampling passes prototype_ids (pdm: the drawn
-    prototype, spdm / cddpm: the class). drop_condition (B,) bool replaces the condition of those rows by the null
-    class (label dropout at training, the unconditional half of classifier-free guidance at sampling); the prototype
-    losses still use the labels.
+    Training passes clean_images (and labels for the class-conditional kinds); sampling passes prototype_ids (pdm: the
+    drawn prototype, spdm / cddpm / protodiffusion: the class). drop_condition (B,) bool replaces the condition of
+    those rows by the null class (label dropout at training, the unconditional half of classifier-free guidance at
+    sampling); the prototype losses still use the labels.
     """
     t = jnp.broadcast_to(jnp.asarray(t), (x_t.shape[0],))
     kind = self.kind
@@ -75,6 +87,11 @@ class DiffusionModel(nn.Module):
       classes = labels if labels is not None else prototype_ids
       if classes is None:
         raise ValueError(f'{kind.name} needs class labels: pass labels= (training) or prototype_ids= (sampling).')
+      if kind.class_prototypes:
+        vectors = self.class_centres[classes]
+        if drop_condition is not None:
+          vectors = jnp.where(self._check_null(drop_condition)[:, None], self.null_class_embedding[None, :], vectors)
+        return self.unet(x_t, t, class_vectors=vectors, train=train), {}
       if drop_condition is not None:
         classes = jnp.where(self._check_null(drop_condition), self.num_prototypes, classes)
       return self.unet(x_t, t, class_labels=classes, train=train), {}

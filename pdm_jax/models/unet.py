@@ -90,8 +90,12 @@ class UNet2D(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, sample, timesteps, context=None, class_labels=None, train=False):
-    """(B, H, W, C_in), (B,) | scalar, context (B, N, D) -> (B, H, W, C_out)."""
+  def __call__(self, sample, timesteps, context=None, class_labels=None, train=False, class_vectors=None):
+    """(B, H, W, C_in), (B,) | scalar, context (B, N, D) -> (B, H, W, C_out).
+
+    class_vectors (B, E): ProtoDiffusion's class embedding rows, projected by a Dense layer to the time-embedding
+    width and added to it (an alternative to num_class_embeds + class_labels).
+    """
     if sample.ndim != 4 or sample.shape[-1] != self.in_channels:
       raise ValueError(f'sample has shape {sample.shape}, expected NHWC with {self.in_channels} channels: transpose '
                        'NCHW inputs')
@@ -107,6 +111,8 @@ class UNet2D(nn.Module):
       raise ValueError('num_class_embeds is set, so class_labels (B,) are needed: pass class_labels=')
     if self.num_class_embeds is None and class_labels is not None:
       raise ValueError('class_labels given to an unconditional UNet: set num_class_embeds or drop class_labels')
+    if self.num_class_embeds is not None and class_vectors is not None:
+      raise ValueError('class_vectors given to a UNet with its own class embedding: pass class_labels only')
 
     batch = sample.shape[0]
     channels = self.block_out_channels
@@ -122,6 +128,8 @@ class UNet2D(nn.Module):
     if self.num_class_embeds is not None:
       emb = emb + nn.Embed(self.num_class_embeds, emb.shape[-1], dtype=self.dtype,
                            name='class_embedding')(class_labels)
+    if class_vectors is not None:
+      emb = emb + nn.Dense(emb.shape[-1], dtype=self.dtype, name='class_projection')(class_vectors.astype(self.dtype))
 
     common = dict(attention_head_dim=self.attention_head_dim, norm_num_groups=self.norm_num_groups,
                   norm_eps=self.norm_eps, dropout=self.dropout, attention_impl=self.attention_impl,

@@ -18,6 +18,7 @@ from pdm_jax import diffusion
 from pdm_jax.models import factory
 from pdm_jax.training import checkpoints
 from pdm_jax.training import optimizer
+from pdm_jax.training import prototype_classifier
 from pdm_jax.training import sharding
 from pdm_jax.training import state as state_lib
 from pdm_jax.training import train_step as train_step_lib
@@ -41,9 +42,11 @@ class Experiment:
 
 
 def run_keys(seed: int) -> dict[str, jax.Array]:
-  """Independent keys for init, training and sampling, all derived from the config seed."""
-  init, train, sample = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return dict(init=init, train=train, sample=sample)
+  """Independent keys for init, training, sampling and ProtoDiffusion's prototype classifier, all from the seed."""
+  root = jax.random.PRNGKey(seed)
+  init, train, sample = jax.random.split(root, 3)
+  # fold_in, not a fourth split: the three keys above stay those of every earlier run.
+  return dict(init=init, train=train, sample=sample, prototype_classifier=jax.random.fold_in(root, 1))
 
 
 def build_experiment(config: ml_collections.ConfigDict, workdir: str, info: data.DatasetInfo,
@@ -56,25 +59,40 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str, info: data
                                      config.diffusion.beta_start, config.diffusion.beta_end)
   checkpointer = checkpoints.Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
   return Experiment(config=config, model=model, schedule=schedule, info=info, mesh=mesh, checkpointer=checkpointer,
-                    tx=optimizer.make_optimizer(config.train),
+                    tx=optimizer.make_optimizer(config.train, prototype_classifier.frozen_parameters(config)),
                     learning_rate_fn=optimizer.learning_rate_schedule(config.train))
 
 
-def initial_state(experiment: Experiment) -> state_lib.TrainState:
-  """A fresh replicated TrainState, or the latest checkpoint's when the workdir has one."""
+def initial_state(experiment: Experiment, class_centres: np.ndarray | None = None) -> state_lib.TrainState:
+  """A fresh replicated TrainState, or the latest checkpoint's when the workdir has one.
+
+  class_centres (K, prototype_dim): ProtoDiffusion's stage-1 centres, the fresh state's class embedding rows (and
+  their EMA). A restored state keeps its own.
+  """
   keys = run_keys(experiment.config.seed)
   replicated = sharding.replicated(experiment.mesh)
   init = jax.jit(lambda: state_lib.create_train_state(experiment.model, experiment.tx, keys['init'], keys['train'],
                                                       experiment.image_shape), out_shardings=replicated)
-  experiment.checkpointer.check_signature(checkpoints.model_signature(
-      experiment.config, experiment.image_shape, experiment.model.num_prototypes))
+  signature = checkpoints.model_signature(experiment.config, experiment.image_shape, experiment.model.num_prototypes)
+  if experiment.model.kind.class_prototypes:
+    # Frozen parameters change the optimizer state's structure: a checkpoint fits only the same freeze.
+    signature['frozen_parameters'] = list(prototype_classifier.frozen_parameters(experiment.config))
+  experiment.checkpointer.check_signature(signature)
   latest = experiment.checkpointer.latest_step()
   if latest is not None:
     logging.info('Resuming from checkpoint %d in %s', latest, experiment.checkpointer.directory)
     # Restoring needs only shapes, dtypes and shardings: tracing init costs well under a second, compiling it
     # tens of seconds on a CPU (every --mode=sample / eval would pay that).
     return experiment.checkpointer.restore_latest_readable(jax.eval_shape(init))
-  return init()
+  if class_centres is None:
+    if prototype_classifier.uses_centres(experiment.config):
+      raise ValueError(f'protodiffusion.mode={experiment.config.protodiffusion.mode} starts from the prototype '
+                       'classifier: train with run.train_and_evaluate, or pass class_centres='
+                       'prototype_classifier.train_stage_one(...).')
+    return init()
+  state = init()
+  return state.replace(params=prototype_classifier.with_class_centres(state.params, class_centres),
+                       ema_params=prototype_classifier.with_class_centres(state.ema_params, class_centres))
 
 
 # Exit status of a run stopped by SIGTERM after saving: what a process killed by SIGTERM reports (128 + 15), so
@@ -164,10 +182,12 @@ PeriodicHook = tuple[int, Callable[[Experiment, state_lib.TrainState, int], None
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
           writer: metric_writers.MetricWriter | None = None,
-          periodic: Sequence[PeriodicHook] = ()) -> tuple[Experiment, state_lib.TrainState]:
+          periodic: Sequence[PeriodicHook] = (),
+          class_centres: np.ndarray | None = None) -> tuple[Experiment, state_lib.TrainState]:
   """Trains to config.train.num_steps from the latest checkpoint in workdir; returns the final state.
 
   periodic: (every_steps, hook(experiment, state, step)) pairs, run after the step's checkpoint is saved.
+  class_centres: ProtoDiffusion's stage-1 centres (prototype_classifier.train_stage_one) for a fresh run.
   """
   for every, hook in periodic:
     if not isinstance(every, int) or every < 0 or not callable(hook):
@@ -191,7 +211,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   info, batches = build_input(start_step)
 
   experiment = build_experiment(config, workdir, info, mesh)
-  state = initial_state(experiment)
+  state = initial_state(experiment, class_centres)
   if int(jax.device_get(state.step)) != start_step:
     # The latest checkpoint was unreadable and an older one restored: the data resumes from that one instead.
     start_step = int(jax.device_get(state.step))

@@ -144,7 +144,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay_at(state.step, config.train.ema_decay)
-  ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+  # e + (1 - decay)(p - e), not decay e + (1 - decay) p: the same average, but exact where p == e (parameters
+  # that never changed, such as frozen ones, keep their EMA bit for bit).
+  ema_params = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.ema_params, params)
 
   grad_norm, param_norm = optax.global_norm(grads), optax.global_norm(params)
   finite = jnp.isfinite(scalars['loss'] + grad_norm + param_norm)
