@@ -11,6 +11,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
+from pdm_jax import api
 from pdm_jax import image_grid
 from pdm_jax import preflight
 from pdm_jax import workdir_lock
@@ -83,6 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   ProtoDiffusion first trains (or restores) its prototype classifier, whose centres start the class embedding.
   """
+  api.save_config(config, workdir)  # so pdm_jax.load(workdir) needs nothing else
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   periodic = []
   if config.eval.every_steps:

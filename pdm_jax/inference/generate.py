@@ -84,29 +84,37 @@ def make_sampler(model, schedule: diffusion.Schedule, sample_config: ml_collecti
 
 
 def make_generator(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
-                   image_shape: tuple[int, int, int], mesh, num_samples: int | None = None):
-  """A reusable (variables, rng) -> (images (N, H, W, C) in [-1, 1], ids (N,) or None); compiles the sampler once.
+                   image_shape: tuple[int, int, int], mesh, num_samples: int | None = None,
+                   redraw_prototypes: bool | None = None):
+  """A reusable (variables, rng, ids=None) -> (images (N, H, W, C) in [-1, 1], ids (N,) or None); compiles the
+  sampler once.
 
   N is num_samples (default config.sample.num_samples); batches of config.sample.batch_size split over the mesh.
+  ids (N,) fixes each sample's class or prototype; by default they are drawn as the model's kind draws them.
+  redraw_prototypes: None follows config.model.redraw_prototype_each_step (PDM only).
   """
   sample_config = config.sample
   num_samples = sample_config.num_samples if num_samples is None else int(num_samples)
   if num_samples < 1:
     raise ValueError(f'cannot generate {num_samples} samples: ask for at least 1.')
+  if redraw_prototypes is None:
+    redraw_prototypes = model.kind.conditioning == 'prototype' and config.model.redraw_prototype_each_step
   # The batch must split over the devices: round it up to a multiple of the mesh size.
   batch = -(-min(sample_config.batch_size, num_samples) // mesh.size) * mesh.size
   sampler = make_sampler(model, schedule, sample_config, config.diffusion.prediction_type,
-                         (batch, *image_shape), mesh,
-                         redraw_prototypes=(model.kind.conditioning == 'prototype'
-                                            and config.model.redraw_prototype_each_step))
+                         (batch, *image_shape), mesh, redraw_prototypes=redraw_prototypes)
 
-  def run(variables, rng: jax.Array) -> tuple[np.ndarray, np.ndarray | None]:
+  def run(variables, rng: jax.Array, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     ids_rng, loop_rng = jax.random.split(rng)
-    ids = model.kind.draw_conditions(num_samples, model.num_prototypes, ids_rng, sample_choice(model, sample_config))
+    if ids is None:
+      ids = model.kind.draw_conditions(num_samples, model.num_prototypes, ids_rng,
+                                       sample_choice(model, sample_config))
+    elif len(ids) != num_samples:
+      raise ValueError(f'got {len(ids)} condition ids for a generator of {num_samples} samples: pass one per sample.')
     outputs = []
     for index, start in enumerate(range(0, num_samples, batch)):
       chunk = np.zeros((batch,), np.int32) if ids is None else np.resize(ids[start:start + batch], (batch,))
-      images = sampler(variables, jax.random.fold_in(loop_rng, index), chunk)
+      images = sampler(variables, jax.random.fold_in(loop_rng, index), chunk.astype(np.int32))
       # On several hosts each holds only its shards: gather the whole batch (a plain copy on one host).
       outputs.append(np.asarray(multihost_utils.process_allgather(images, tiled=True))[:num_samples - start])
       if not np.isfinite(outputs[-1]).all():

@@ -13,7 +13,6 @@ import json
 import os
 
 import jax
-from jax.experimental import multihost_utils
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -88,22 +87,10 @@ def sample_with_ids(experiment: loop.Experiment, variables: dict, config: ml_col
                     ids: np.ndarray, rng: jax.Array) -> np.ndarray:
   """(N, H, W, C) float images in [-1, 1]; image i is drawn with condition ids[i] (prototype, or class for s-PDM)
   fixed along its whole trajectory, in batches of sample.batch_size split over the mesh."""
-  mesh = experiment.mesh
-  # The batch must split over the devices: round it up to a multiple of the mesh size.
-  batch = -(-min(config.sample.batch_size, len(ids)) // mesh.size) * mesh.size
-  # No redraw_prototypes: a row shows one prototype, even for a model sampled with redraw_prototype_each_step.
-  sampler = generate.make_sampler(experiment.model, experiment.schedule, config.sample,
-                                  config.diffusion.prediction_type, (batch, *experiment.image_shape), mesh)
-  outputs = []
-  for index, start in enumerate(range(0, len(ids), batch)):
-    chunk = np.resize(np.asarray(ids[start:start + batch], np.int32), (batch,))
-    images = sampler(variables, jax.random.fold_in(rng, index), chunk)
-    outputs.append(np.asarray(multihost_utils.process_allgather(images, tiled=True))[:len(ids) - start])
-  images = np.concatenate(outputs)
-  if not np.isfinite(images).all():
-    raise FloatingPointError('samples per prototype are not finite (the network output was not): inspect another '
-                             'checkpoint, or use another sample.method.')
-  return images
+  # No redraw: a row shows one prototype, even for a model sampled with redraw_prototype_each_step.
+  generator = generate.make_generator(experiment.model, experiment.schedule, config, experiment.image_shape,
+                                      experiment.mesh, num_samples=len(ids), redraw_prototypes=False)
+  return generator(variables, rng, np.asarray(ids, np.int32))[0]
 
 
 def _figure(width: float, height: float) -> Figure:
