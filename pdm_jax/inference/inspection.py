@@ -97,7 +97,7 @@ def sample_with_ids(experiment: loop.Experiment, variables: dict, config: ml_col
   outputs = []
   for index, start in enumerate(range(0, len(ids), batch)):
     chunk = np.resize(np.asarray(ids[start:start + batch], np.int32), (batch,))
-    images = sampler(variables, jax.random.fold_in(rng, index), chunk)
+    images = sampler(variables, jax.random.fold_in(rng, index), generate.shard_ids(chunk, mesh))
     outputs.append(np.asarray(multihost_utils.process_allgather(images, tiled=True))[:len(ids) - start])
   images = np.concatenate(outputs)
   if not np.isfinite(images).all():
