@@ -224,6 +224,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   info, batches = build_input(start_step)
 
   experiment = build_experiment(config, workdir, info, mesh)
+  experiment.checkpointer.check_process_count(config.data.name, data.order_depends_on_process_count(config.data))
   state = initial_state(experiment)
   if int(jax.device_get(state.step)) != start_step:
     # The latest checkpoint was unreadable and an older one restored: the data resumes from that one instead.
