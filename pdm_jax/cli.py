@@ -14,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from pdm_jax import compilation_cache
 from pdm_jax import distributed
 from pdm_jax import run
 from pdm_jax import workdir_lock
@@ -50,6 +51,8 @@ def _run(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Before anything compiles: the cache must be on for the first program to be read from (or written to) it.
+  compilation_cache.setup()
   coordinates = dict(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                      process_id=FLAGS.process_id)
   if FLAGS.distributed or any(value is not None for value in coordinates.values()):
