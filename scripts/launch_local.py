@@ -55,8 +55,9 @@ def launch(processes: int, devices_per_process: int, main_args: list[str], main:
   for index in range(processes):
     command = [sys.executable, main, *main_args, f'--coordinator_address={address}', f'--num_processes={processes}',
                f'--process_id={index}']
+    # A session of its own: Ctrl-C reaches the processes once, passed on by the launcher, not twice via the terminal.
     children.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     bufsize=1))
+                                     bufsize=1, start_new_session=True))
     print(f'[launch] process {index}: pid {children[-1].pid}', flush=True)
   out_lock = threading.Lock()
   readers = [threading.Thread(target=_stream, args=(i, child, out_lock), daemon=True) for i, child in enumerate(children)]

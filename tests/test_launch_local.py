@@ -3,6 +3,7 @@ failing process stopping the others (test_multi_process runs it with the real ma
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -17,6 +18,11 @@ import os, sys, time
 args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--') and '=' in a)
 print('argv', ' '.join(sys.argv[1:]), flush=True)
 print('xla', os.environ['XLA_FLAGS'], 'platforms', os.environ['JAX_PLATFORMS'], flush=True)
+if args['status'] == 'term':  # like main.py: SIGTERM -> save, exit 143
+  import signal
+  signal.signal(signal.SIGTERM, lambda *_: (print('got SIGTERM', flush=True), sys.exit(143)))
+  print('ready', flush=True)
+  time.sleep(600)
 if args['process_id'] == '1':
   sys.exit(int(args['status']))
 if args['status'] != '0':
@@ -24,13 +30,18 @@ if args['status'] != '0':
 '''
 
 
-def _launch(tmp_path, status: int, *extra: str) -> subprocess.CompletedProcess:
+def _command(tmp_path, status, *extra: str) -> tuple[list[str], dict[str, str]]:
   stand_in = tmp_path / 'stand_in.py'
   stand_in.write_text(_STAND_IN)
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=9 --xla_dump_to=/tmp/x')
   env.pop('JAX_PLATFORMS', None)
-  return subprocess.run([sys.executable, LAUNCHER, '--processes=3', '--devices_per_process=2', f'--main={stand_in}',
-                         f'--status={status}', *extra], env=env, capture_output=True, text=True, timeout=120)
+  return [sys.executable, LAUNCHER, '--processes=3', '--devices_per_process=2', f'--main={stand_in}',
+          f'--status={status}', *extra], env
+
+
+def _launch(tmp_path, status: int, *extra: str) -> subprocess.CompletedProcess:
+  command, env = _command(tmp_path, status, *extra)
+  return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_each_process_gets_its_coordinates_devices_and_a_prefix(tmp_path):
@@ -63,3 +74,17 @@ def test_a_failing_process_stops_the_others_and_sets_the_exit_status(tmp_path):
 def test_coordinates_are_the_launchers_to_set(tmp_path, flag):
   result = _launch(tmp_path, 0, flag)
   assert result.returncode == 2 and f'{flag.split("=")[0]} is set by the launcher' in result.stderr
+
+
+def test_sigterm_to_the_launcher_reaches_every_process_and_its_status_is_kept(tmp_path):
+  command, env = _command(tmp_path, 'term')
+  launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+  lines = []
+  while sum(line.endswith('] ready\n') for line in lines) < 3:
+    lines.append(launcher.stdout.readline())
+    assert lines[-1], ''.join(lines)  # the launcher ended before its processes were ready
+  launcher.send_signal(signal.SIGTERM)
+  rest, _ = launcher.communicate(timeout=60)
+  assert launcher.returncode == 143
+  assert sorted(line.split()[0] for line in rest.splitlines() if line.endswith('got SIGTERM')) == ['[p0]', '[p1]',
+                                                                                                   '[p2]']
