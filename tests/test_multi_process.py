@@ -32,9 +32,9 @@ _TOLERANCE = 1e-5
 class Launch:
   """scripts/launch_local.py running main.py in the background; its output is collected line by line."""
 
-  def __init__(self, processes: int, devices: int, workdir: str):
+  def __init__(self, processes: int, devices: int, workdir: str, *extra: str):
     command = [sys.executable, os.path.join(REPO, 'scripts', 'launch_local.py'), f'--processes={processes}',
-               f'--devices_per_process={devices}', *RUN_ARGS, f'--workdir={workdir}']
+               f'--devices_per_process={devices}', *RUN_ARGS, f'--workdir={workdir}', *extra]
     self.process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
     self.lines: list[str] = []
@@ -66,8 +66,8 @@ class Launch:
     return ''.join(self.lines)
 
 
-def _run(processes: int, devices: int, workdir: str) -> str:
-  launch = Launch(processes, devices, workdir)
+def _run(processes: int, devices: int, workdir: str, *extra: str) -> str:
+  launch = Launch(processes, devices, workdir, *extra)
   code = launch.finish()
   assert code == 0, launch.output()[-3000:]
   return launch.output()
@@ -114,6 +114,12 @@ def test_two_processes_end_as_one_process_with_the_same_devices(reference, tmp_p
   # Process 0 alone writes the samples and the TensorBoard events.
   assert output.count('Wrote 12 samples') == 1
   _assert_same_run(workdir, reference)
+  # --mode=sample on two processes: the checkpoint restored across them, the same samples drawn again.
+  os.rename(os.path.join(workdir, 'samples'), os.path.join(workdir, 'samples_of_training'))
+  _run(2, 2, workdir, '--mode=sample')
+  for name in ('images', 'labels'):
+    np.testing.assert_array_equal(np.load(os.path.join(workdir, 'samples', 'final.npz'))[name],
+                                  np.load(os.path.join(workdir, 'samples_of_training', 'final.npz'))[name])
 
 
 def test_killed_and_preempted_processes_resume_and_end_as_an_uninterrupted_run(reference, tmp_path):
@@ -160,3 +166,13 @@ def test_a_changed_process_count_is_refused_only_where_the_data_would_differ(tmp
   checkpointer.check_process_count('digits', order_depends_on_count=False)
   assert '"process_count": 1' in open(path).read()
   checkpointer.close()
+
+
+@pytest.mark.parametrize('flags, expected', [
+    (('--num_processes=0',), 'error: --num_processes=0 must be at least 1.'),
+    (('--num_processes=2', '--process_id=2'), 'error: --process_id=2 must lie in [0, --num_processes=2).'),
+])
+def test_impossible_coordinates_are_one_line(tmp_path, flags, expected):
+  result = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), '--config=tests/tiny_cli_config.py:spdm',
+                           f'--workdir={tmp_path}', *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == expected, result.stderr[-2000:]
