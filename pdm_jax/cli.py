@@ -14,6 +14,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from pdm_jax import compilation_cache
+from pdm_jax import distributed
 from pdm_jax import run
 from pdm_jax import workdir_lock
 from pdm_jax.training import checkpoints
@@ -27,9 +29,15 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples (resumed if it exists).')
 flags.DEFINE_enum('mode', 'train', run.MODES, 'train: train (resuming) then sample; sample: latest checkpoint; '
                   'eval: FID / KID / IS of the latest checkpoint; inspect: plots of its prototypes (pdm / spdm).')
-flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first (multi-host clusters).')
+flags.DEFINE_bool('distributed', False, 'Join a run of several processes first: jax.distributed.initialize(), which '
+                  'detects SLURM / Open MPI coordinates, or takes the three flags below.')
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for launches by hand (implies --distributed).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes in the run, for launches by hand (implies '
+                     '--distributed).')
+flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, num_processes), for launches by hand (implies '
+                     '--distributed).')
 flags.mark_flags_as_required(['config', 'workdir'])
-_FLAG_NAMES = ('config', 'workdir', 'mode', 'distributed')
+_FLAG_NAMES = ('config', 'workdir', 'mode', 'distributed', 'coordinator_address', 'num_processes', 'process_id')
 
 
 class _QuietLibraries:
@@ -43,8 +51,15 @@ def _run(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  # Before anything compiles: the cache must be on for the first program to be read from (or written to) it.
+  compilation_cache.setup()
+  coordinates = dict(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                     process_id=FLAGS.process_id)
+  if FLAGS.distributed or any(value is not None for value in coordinates.values()):
+    try:
+      distributed.initialize(**coordinates)
+    except ValueError as e:
+      sys.exit(f'error: {e}')
   logging.info('JAX processes %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   try:

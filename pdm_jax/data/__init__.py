@@ -26,6 +26,12 @@ def build(data_config: ml_collections.ConfigDict, *, global_batch_size: int, see
   return tfds_pipeline.build(data_config, **kwargs)
 
 
+def order_depends_on_process_count(data_config: ml_collections.ConfigDict) -> bool:
+  """Whether the examples of a training step depend on the number of processes: digits draw every global batch from
+  one global order; the tfds and image-folder pipelines give each process a contiguous share of the examples."""
+  return data_config.name != 'digits'
+
+
 def describe(data_config: ml_collections.ConfigDict) -> types.DatasetInfo:
   """Image size, channels and classes of the configured data without reading it (num_examples is 0).
 

@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 
 from pdm_jax import diffusion
+from pdm_jax import distributed
 from pdm_jax import sampling
 from pdm_jax import xla_options
 from pdm_jax.training import sharding
@@ -83,6 +84,15 @@ def make_sampler(model, schedule: diffusion.Schedule, sample_config: ml_collecti
                  compiler_options=xla_options.compiler_options())
 
 
+def shard_ids(ids: np.ndarray, mesh) -> jax.Array:
+  """(N,) ids, the same on every process -> a global array split over the mesh, as the sampler takes them.
+
+  jit refuses numpy input for a split argument once there are several processes: each process gives its devices'
+  rows.
+  """
+  return jax.make_array_from_callback(ids.shape, sharding.batch_sharded(mesh), lambda rows: ids[rows])
+
+
 def make_generator(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
                    image_shape: tuple[int, int, int], mesh, num_samples: int | None = None,
                    redraw_prototypes: bool | None = None):
@@ -104,6 +114,8 @@ def make_generator(model, schedule: diffusion.Schedule, config: ml_collections.C
   sampler = make_sampler(model, schedule, sample_config, config.diffusion.prediction_type,
                          (batch, *image_shape), mesh, redraw_prototypes=redraw_prototypes)
 
+  compiled = []
+
   def run(variables, rng: jax.Array, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     ids_rng, loop_rng = jax.random.split(rng)
     if ids is None:
@@ -114,7 +126,10 @@ def make_generator(model, schedule: diffusion.Schedule, config: ml_collections.C
     outputs = []
     for index, start in enumerate(range(0, num_samples, batch)):
       chunk = np.zeros((batch,), np.int32) if ids is None else np.resize(ids[start:start + batch], (batch,))
-      images = sampler(variables, jax.random.fold_in(loop_rng, index), chunk.astype(np.int32))
+      args = (variables, jax.random.fold_in(loop_rng, index), shard_ids(chunk.astype(np.int32), mesh))
+      if not compiled:  # every batch runs this one program: compile it once (in step with the other processes)
+        compiled.append(distributed.compile_together(sampler, *args, what='sampler'))
+      images = compiled[0](*args)
       # On several hosts each holds only its shards: gather the whole batch (a plain copy on one host).
       outputs.append(np.asarray(multihost_utils.process_allgather(images, tiled=True))[:num_samples - start])
       if not np.isfinite(outputs[-1]).all():

@@ -12,6 +12,8 @@ from absl import logging
 from pdm_jax.models import factory
 
 SIGNATURE_FILE = 'model_signature.json'
+# How many processes trained these checkpoints (absent in workdirs written before it was recorded).
+PROCESSES_FILE = 'processes.json'
 
 
 def model_signature(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
@@ -56,15 +58,40 @@ class Checkpointer:
     """Records the model signature on first use; refuses a directory written by a different model."""
     saved = self.read_signature()
     if saved is None:
-      if jax.process_index() == 0:
-        with open(os.path.join(self.directory, SIGNATURE_FILE), 'w') as f:
-          json.dump(signature, f, indent=1)
+      self._write_json(SIGNATURE_FILE, signature)
       return
     diffs = [f'{key}: saved {saved.get(key)!r}, now {value!r}' for key, value in signature.items()
              if saved.get(key) != value]
     if diffs:
       raise CheckpointError(f'{self.directory} holds checkpoints of a different model ({"; ".join(diffs)}): '
                             'use a new --workdir, or the config those checkpoints were trained with.')
+
+  def check_process_count(self, data_name: str, order_depends_on_count: bool) -> None:
+    """Records how many processes train into this directory; refuses to resume with another count when the input
+    order depends on it (each process reading its own share of the examples), since the data would differ."""
+    path = os.path.join(self.directory, PROCESSES_FILE)
+    saved = None
+    if os.path.exists(path):
+      with open(path) as f:
+        saved = json.load(f).get('process_count')
+    count = jax.process_count()
+    if saved == count:
+      return
+    if saved is not None and order_depends_on_count and self.latest_step() is not None:
+      raise CheckpointError(
+          f'{self.directory} was trained by {saved} processes, this run has {count}: the {data_name} input gives each '
+          f'process its own share of the examples, so the resumed run would see other data. Resume with {saved} '
+          'processes, or use a new --workdir.')
+    self._write_json(PROCESSES_FILE, dict(process_count=count))
+
+  def _write_json(self, name: str, content: dict[str, Any]) -> None:
+    """Process 0 writes <directory>/name whole (a temporary file renamed), so no process ever reads half of it."""
+    if jax.process_index() != 0:
+      return
+    path = os.path.join(self.directory, name)
+    with open(path + '.tmp', 'w') as f:
+      json.dump(content, f, indent=1)
+    os.replace(path + '.tmp', path)
 
   def restore(self, step: int, target: Any) -> Any:
     """Restores checkpoint `step` into the structure, dtypes and shardings of `target`."""

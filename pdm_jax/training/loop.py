@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -15,6 +16,7 @@ from clu import periodic_actions
 
 from pdm_jax import data
 from pdm_jax import diffusion
+from pdm_jax import distributed
 from pdm_jax.models import factory
 from pdm_jax.training import checkpoints
 from pdm_jax.training import optimizer
@@ -138,6 +140,37 @@ class _PreemptionFlag:
     self.raised = True
 
 
+class _PreemptionAgreement:
+  """Several processes stop at the same step: SIGTERM may reach only some of them, or reach them steps apart.
+
+  Each step every process adds its flag to a tiny all-reduce over the mesh, read one step later (finished by then,
+  so it never stalls the device): all processes stop after the same step, the one following any flag. With one
+  process the flag itself decides, at once.
+  """
+
+  def __init__(self, flag: _PreemptionFlag, mesh):
+    self._flag = flag
+    self._pending = None
+    self._several = jax.process_count() > 1
+    if self._several:
+      self._sharding = sharding.batch_sharded(mesh)
+      self._local_devices = len(mesh.local_devices)
+      self._any = jax.jit(jnp.max, out_shardings=sharding.replicated(mesh))
+
+  def stop(self) -> bool:
+    """Called once after each step, by every process: whether to save and stop now."""
+    if not self._several:
+      return self._flag.raised
+    previous = self._pending
+    local = np.full((self._local_devices,), self._flag.raised, np.int32)
+    self._pending = self._any(jax.make_array_from_process_local_data(self._sharding, local))
+    return previous is not None and bool(jax.device_get(previous))
+
+  def stop_late(self) -> bool:
+    """After the step's hooks: one process acts on a SIGTERM that came during them; several wait for stop()."""
+    return not self._several and self._flag.raised
+
+
 class NonFiniteError(FloatingPointError):
   """A step produced a non-finite loss, gradient or parameter; nothing from it was saved."""
 
@@ -211,6 +244,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   info, batches = build_input(start_step)
 
   experiment = build_experiment(config, workdir, info, mesh)
+  experiment.checkpointer.check_process_count(config.data.name, data.order_depends_on_process_count(config.data))
   state = initial_state(experiment, class_centres)
   if int(jax.device_get(state.step)) != start_step:
     # The latest checkpoint was unreadable and an older one restored: the data resumes from that one instead.
@@ -233,8 +267,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   step = start_step
   try:
     with _PreemptionFlag() as preemption:
+      agreement = _PreemptionAgreement(preemption, mesh)
       while step < num_steps:
         batch = sharding.global_batch(next(batches), mesh)
+        if step == start_step:  # every step runs this one program: compile it (in step with the other processes)
+          step_fn = distributed.compile_together(step_fn, state, batch, what='train_step')
         state, metrics = step_fn(state, batch)
         step += 1
         guard.add(step, metrics)
@@ -261,7 +298,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
           logging.info('step %d/%d loss %.4f%s | %.2f steps/s ETA %s', step, num_steps, averaged['loss'], extras,
                        steps_per_second, _format_seconds((num_steps - step) / max(steps_per_second, 1e-9)))
 
-        must_save = step == num_steps or preemption.raised or experiment.checkpointer.should_save(step)
+        stopping = agreement.stop()
+        must_save = step == num_steps or stopping or experiment.checkpointer.should_save(step)
         if must_save:
           guard.check(step)  # never save a state that is not finite
           experiment.checkpointer.save(step, state, force=True)
@@ -272,7 +310,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
             hook(experiment, state, step)
         # Time spent in hooks (evaluations) is not training time: keep it out of steps/s.
         window_start += time.time() - hooks_start
-        if preemption.raised:
+        if stopping or agreement.stop_late():
           if not must_save:  # SIGTERM during the hooks: the save above did not happen
             guard.check(step)
             experiment.checkpointer.save(step, state, force=True)
