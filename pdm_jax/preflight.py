@@ -13,6 +13,7 @@ from pdm_jax.inference import evaluate
 from pdm_jax.inference import generate
 from pdm_jax.models import factory
 from pdm_jax.models import kinds
+from pdm_jax.training import checkpoints
 from pdm_jax.training import prototype_classifier
 from pdm_jax.training import train_step
 
@@ -75,8 +76,9 @@ def check_diffusion(config: ml_collections.ConfigDict) -> diffusion.Schedule:
   return diffusion.make_schedule(settings.schedule, settings.num_timesteps, settings.beta_start, settings.beta_end)
 
 
-def check(config: ml_collections.ConfigDict, mode: str) -> None:
-  """Raises a one-line ValueError for the first wrong field that `mode` (one of run.MODES) uses.
+def check(config: ml_collections.ConfigDict, mode: str, workdir: str | None = None) -> None:
+  """Raises a one-line error for the first wrong field that `mode` (one of run.MODES) uses, then for what it needs
+  and lacks: a checkpoint in workdir (modes other than train), then every missing asset at once.
 
   Sampling and evaluation check the model's own settings (sample.label in range) once the checkpoint says what the
   model is; training checks them here, from the config and data.describe.
@@ -85,7 +87,11 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
   sampling.check_options(schedule, config.sample.method, config.sample.num_steps)
   if mode == 'inspect':
     check_inspect(config)
+  if mode == 'eval':
+    evaluate.check_eval_config(config, config.eval.num_samples, 'eval.num_samples')
   if mode != 'train':
+    if workdir is not None:
+      checkpoints.check_has_checkpoint(workdir)
     check_assets(config, mode)
     return
   for path, minimum, meaning in _TRAIN_INTEGERS:

@@ -70,7 +70,7 @@ def _entry_point(mode: str):
   def wrap(fn):
     @functools.wraps(fn)
     def run(config: ml_collections.ConfigDict, workdir: str):
-      preflight.check(config, mode)
+      preflight.check(config, mode, workdir)
       # Processes of one multi-host run share the workdir: the first process speaks for the run.
       with workdir_lock.WorkdirLock(workdir, mode, enabled=jax.process_index() == 0):
         return fn(config, workdir)

@@ -24,11 +24,9 @@ def dataset_info(config: ml_collections.ConfigDict, checkpointer: checkpoints.Ch
 def restore_latest(config: ml_collections.ConfigDict, workdir: str, mesh=None
                    ) -> tuple[loop.Experiment, state_lib.TrainState]:
   """(experiment, state of the latest checkpoint in workdir); FileNotFoundError naming the fix if there is none."""
+  checkpoints.check_has_checkpoint(workdir)  # before the Checkpointer, which would create the folder
   checkpointer = checkpoints.Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
   try:
-    if checkpointer.latest_step() is None:
-      raise FileNotFoundError(f'no checkpoint in {checkpointer.directory}: train first with --mode=train and the '
-                              'same --workdir.')
     info = dataset_info(config, checkpointer)
   finally:
     checkpointer.close()

@@ -29,6 +29,13 @@ def model_signature(config: ml_collections.ConfigDict, image_shape: tuple[int, i
               prediction_type=config.diffusion.prediction_type)
 
 
+def check_has_checkpoint(workdir: str) -> None:
+  """FileNotFoundError naming the fix unless workdir holds a checkpoint step (creates nothing, unlike Checkpointer)."""
+  directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
+    raise FileNotFoundError(f'no checkpoint in {directory}: train first with --mode=train and the same --workdir.')
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint directory that cannot serve this run; the message says what to change."""
 
