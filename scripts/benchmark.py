@@ -63,6 +63,7 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
@@ -267,6 +268,8 @@ def _timed(fn) -> float:
 
 def compare_torch(config, batch_size: int, mesh) -> dict:
   """Alternately timed JAX and torch train steps and sampling evaluations of the same model on the same batch."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.prototype_assignment = 'argmin'  # the step torch_reference restates: the reference's objective
   num_classes = _num_classes(config)
   experiment = _experiment(config, batch_size, mesh)
   numpy_batch = _synthetic_batch(config, batch_size)

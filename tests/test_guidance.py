@@ -1,5 +1,7 @@
 """Classifier-free guidance: the null class that label dropout trains, and the guided mix at sampling."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,7 +27,9 @@ def _model(model_type: str, label_dropout: float = 0.1):
   config = tiny_config(model_type, label_dropout=label_dropout)
   model = factory.build_model(config.model, image_size=8, num_channels=1, num_classes=K,
                               null_class=factory.has_null_class(config))
-  return config, model, state_lib.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  # Jitted: eager init dispatches every op of the UNet one by one (tens of seconds on a CPU).
+  init = jax.jit(lambda rng: state_lib.init_variables(model, rng, (8, 8, 1)))
+  return config, model, init(jax.random.PRNGKey(0))
 
 
 def test_null_class_is_a_parameter_and_part_of_the_signature():
@@ -69,8 +73,9 @@ def _one_step(config, model, variables):
   batch = dict(image=jax.random.uniform(jax.random.PRNGKey(4), (16, 8, 8, 1), minval=-1, maxval=1),
                label=jnp.arange(16, dtype=jnp.int32) % K)
   schedule = diffusion.make_schedule('linear', 50, 1e-4, 0.02)
-  next_state, _ = train_step_lib.train_step(state, batch, model=model, tx=tx, schedule=schedule, config=config,
-                                            learning_rate_fn=optimizer.learning_rate_schedule(config.train))
+  step = jax.jit(functools.partial(train_step_lib.train_step, model=model, tx=tx, schedule=schedule, config=config,
+                                   learning_rate_fn=optimizer.learning_rate_schedule(config.train)))
+  next_state, _ = step(state, batch)
   return next_state
 
 

@@ -118,6 +118,7 @@ def test_torch_reference_loss_matches_jax_model(tiny):
   from pdm_jax.models import factory  # pylint: disable=g-import-not-at-top
   from scripts import torch_reference  # pylint: disable=g-import-not-at-top
   config = tiny('pdm')
+  config.model.prototype_assignment = 'argmin'  # the reference's objective, which torch_reference restates
   size, channels = config.data.image_size, config.data.num_channels
   torch.manual_seed(0)
   reference = torch_reference.build_model(config).train()
