@@ -31,7 +31,8 @@ flags.DEFINE_enum('mode', 'train', run.MODES, 'train: train (resuming) then samp
                   'eval: FID / KID / IS of the latest checkpoint; inspect: plots of its prototypes (pdm / spdm).')
 flags.DEFINE_bool('distributed', False, 'Join a run of several processes first: jax.distributed.initialize(), which '
                   'detects SLURM / Open MPI coordinates, or takes the three flags below.')
-flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for launches by hand (implies --distributed).')
+flags.DEFINE_string('coordinator_address', None,
+                    'HOST:PORT of process 0, for launches by hand (implies --distributed).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes in the run, for launches by hand (implies '
                      '--distributed).')
 flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, num_processes), for launches by hand (implies '

@@ -60,7 +60,8 @@ def launch(processes: int, devices_per_process: int, main_args: list[str], main:
                                      bufsize=1, start_new_session=True))
     print(f'[launch] process {index}: pid {children[-1].pid}', flush=True)
   out_lock = threading.Lock()
-  readers = [threading.Thread(target=_stream, args=(i, child, out_lock), daemon=True) for i, child in enumerate(children)]
+  readers = [threading.Thread(target=_stream, args=(i, child, out_lock), daemon=True)
+             for i, child in enumerate(children)]
   for reader in readers:
     reader.start()
 

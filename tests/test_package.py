@@ -81,4 +81,5 @@ def test_console_script_is_main_py(installed):
   bad = _run([str(script), f'--config={os.path.join(REPO, "configs", "digits_ddpm.py")}', f'--workdir={root / "w"}',
               '--config.model.type=gan'], cwd=root, check=False)
   assert bad.returncode == 1
-  assert bad.stderr.strip().splitlines()[-1] == "error: Unknown model.type='gan': use one of ddpm, cddpm, protodiffusion, pdm, spdm."
+  assert bad.stderr.strip().splitlines()[-1] == (
+      "error: Unknown model.type='gan': use one of ddpm, cddpm, protodiffusion, pdm, spdm.")
