@@ -11,8 +11,9 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def make_grid(images: np.ndarray, labels: np.ndarray | None = None, columns: int = 10,
-              padding: int = 1) -> np.ndarray:
-  """uint8 (N, H, W, C) -> uint8 (rows*(H+p)+p, columns*(W+p)+p, C); with labels, row r holds class r's images."""
+              padding: int = 1, max_rows: int | None = None) -> np.ndarray:
+  """uint8 (N, H, W, C) -> uint8 (rows*(H+p)+p, columns*(W+p)+p, C); with labels (classes or prototype ids), row r
+  holds the images of the r-th smallest label present. max_rows: keep only the first rows."""
   images = np.asarray(images)
   n, h, w, c = images.shape
   if labels is not None:
@@ -20,6 +21,7 @@ def make_grid(images: np.ndarray, labels: np.ndarray | None = None, columns: int
   else:
     columns = min(columns, n) if n else 1
     rows = [images[i:i + columns] for i in range(0, n, columns)]
+  rows = rows[:max_rows]
   grid = np.full((len(rows) * (h + padding) + padding, columns * (w + padding) + padding, c), 255, np.uint8)
   for r, row in enumerate(rows):
     for col, image in enumerate(row):

@@ -20,6 +20,7 @@ from pdm_jax.inference import generate
 from pdm_jax.inference import inspection
 from pdm_jax.inference import prototype_health
 from pdm_jax.inference import restore
+from pdm_jax.inference import run_page
 from pdm_jax.training import loop
 from pdm_jax.training import prototype_classifier
 
@@ -27,11 +28,11 @@ MODES = ('train', 'sample', 'eval', 'inspect')
 
 
 def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = 'final',
-                  extra_report: dict | None = None) -> tuple[dict, np.ndarray]:
+                  extra_report: dict | None = None) -> tuple[dict, np.ndarray, np.ndarray | None]:
   """Samples config.sample.num_samples images, writes <workdir>/samples/<tag>.npz, .png and a report (with
   extra_report's entries, e.g. the prototype health).
 
-  Returns the report and the uint8 (N, H, W, C) samples.
+  Returns the report, the uint8 (N, H, W, C) samples and their condition ids (N,) (classes or prototypes) or None.
   """
   config = experiment.config
   step = int(jax.device_get(state.step))
@@ -43,7 +44,7 @@ def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = '
   report: dict = dict(step=step, num_samples=len(images), method=config.sample.method,
                       num_steps=config.sample.num_steps or config.diffusion.num_timesteps, **(extra_report or {}))
   if jax.process_index() != 0:
-    return report, images
+    return report, images, ids
   out_dir = os.path.join(workdir, 'samples')
   os.makedirs(out_dir, exist_ok=True)
   arrays = {'images': images}
@@ -52,7 +53,7 @@ def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = '
   if ids is not None:
     arrays[kind.sample_ids_name] = ids
   np.savez_compressed(os.path.join(out_dir, f'{tag}.npz'), **arrays)
-  grid = image_grid.make_grid(images, ids if class_conditional else None)
+  grid = image_grid.make_grid(images, ids)  # a row per class or prototype
   image_grid.save_png(os.path.join(out_dir, f'{tag}.png'), grid)
   if config.data.name == 'digits':
     from pdm_jax.evaluation import digits_classifier  # sklearn-only; digits runs have it
@@ -62,7 +63,7 @@ def write_samples(experiment: loop.Experiment, state, workdir: str, tag: str = '
   with open(os.path.join(out_dir, f'{tag}_report.json'), 'w') as f:
     json.dump(report, f, indent=1, default=lambda v: np.asarray(v).tolist())
   logging.info('Wrote %d samples to %s', len(images), os.path.join(out_dir, f'{tag}.npz'))
-  return report, images
+  return report, images, ids
 
 
 def _entry_point(mode: str):
@@ -97,13 +98,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     health = prototype_health.dataset_health(
         experiment.model, generate.sampling_variables(state, config.sample.use_ema), config)
     logging.info('Prototype health over the dataset: %s', json.dumps(health))
-  report, images = write_samples(experiment, state, workdir, extra_report=health)
+  report, images, ids = write_samples(experiment, state, workdir, extra_report=health)
   if jax.process_index() == 0:
-    writer.write_images(int(jax.device_get(state.step)), {'samples': image_grid.make_grid(images[:100])[None]})
+    grid = image_grid.make_grid(images, ids, max_rows=10)
+    writer.write_images(int(jax.device_get(state.step)), {experiment.model.kind.grid_name: grid[None]})
   writer.write_scalars(int(jax.device_get(state.step)),
                        {f'samples/{k}': v for k, v in report.items() if isinstance(v, (int, float))})
   writer.close()
   experiment.checkpointer.close()
+  run_page.write(workdir)
   return report
 
 
@@ -113,19 +116,24 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
   experiment, state = restore.restore_latest(config, workdir)
   try:
     generate.check_sample_config(experiment.model, experiment.schedule, config.sample)
-    report, _ = write_samples(experiment, state, workdir)
+    report, _, _ = write_samples(experiment, state, workdir)
   finally:
     experiment.checkpointer.close()
+  run_page.write(workdir)
   return report
 
 
 @_entry_point('eval')
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Scores eval.num_samples samples of the latest checkpoint; writes <workdir>/eval/metrics.json (FID, KID, IS)."""
-  return evaluate_lib.evaluate_checkpoint(config, workdir)
+  result = evaluate_lib.evaluate_checkpoint(config, workdir)
+  run_page.write(workdir)
+  return result
 
 
 @_entry_point('inspect')
 def inspect(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pictures the prototype memory (pdm / spdm) of the latest checkpoint in <workdir>/inspect/; reads the dataset."""
-  return inspection.inspect_checkpoint(config, workdir)
+  report = inspection.inspect_checkpoint(config, workdir)
+  run_page.write(workdir)
+  return report

@@ -192,8 +192,10 @@ def test_periodic_evaluation_fires_every_n_steps_and_writes_scalars(trained):
   evals = [(step, scalars) for step, scalars in writer.scalars if any(k.startswith('eval/') for k in scalars)]
   assert [step for step, _ in evals] == [2, 4, 6]
   for _, scalars in evals:
-    assert scalars['eval/num_samples'] == 10 and math.isfinite(scalars['eval/digits_frechet_distance'])
-    assert 'eval/digits_accuracy' in scalars and 'eval/fid' not in scalars
+    # The Frechet distance's tag carries its sample count, so it is never read as a full-size estimate.
+    assert scalars['eval/num_samples'] == 10 and math.isfinite(scalars['eval/digits_frechet_distance_10'])
+    assert 'eval/digits_frechet_distance' not in scalars
+    assert 'eval/digits_accuracy' in scalars and not any(k.startswith('eval/fid') for k in scalars)
     # s-PDM's prototypes, counted over the whole digits set (1,797 images).
     assert 1 <= scalars['eval/prototypes_in_use'] <= 10 and scalars['eval/num_images'] == 1797
     assert 0 <= scalars['eval/prototype_class_nmi'] <= 1
@@ -202,8 +204,11 @@ def test_periodic_evaluation_fires_every_n_steps_and_writes_scalars(trained):
     history = [json.loads(line) for line in f]
   assert [entry['step'] for entry in history] == [2, 4, 6]
   assert [entry['digits_frechet_distance'] for entry in history] == [
-      scalars['eval/digits_frechet_distance'] for _, scalars in evals]
-  assert [step for step, images in writer.images if 'eval/samples' in images] == [2, 4, 6]
+      scalars['eval/digits_frechet_distance_10'] for _, scalars in evals]
+  # s-PDM is class-conditional: one grid row per class (10 labels in 10 samples, so at most 10 rows).
+  grids = [(step, images['eval/samples_per_class']) for step, images in writer.images
+           if 'eval/samples_per_class' in images]
+  assert [step for step, _ in grids] == [2, 4, 6]
 
 
 def test_loop_rejects_a_malformed_hook(tmp_path):

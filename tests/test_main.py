@@ -29,9 +29,20 @@ def _error_line(result):
   return last
 
 
+def _summary_tags(workdir):
+  """Every tag in the TensorBoard event files of workdir."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tags = set()
+  for name in os.listdir(workdir):
+    if name.startswith('events.out.tfevents'):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+        tags.update(value.tag for value in event.summary.value)
+  return tags
+
+
 def test_train_then_sample_from_the_command_line(tmp_path):
   workdir = str(tmp_path / 'run')
-  _main('--config=tests/tiny_cli_config.py:spdm', f'--workdir={workdir}')
+  result = _main('--config=tests/tiny_cli_config.py:spdm', f'--workdir={workdir}')
   samples = np.load(os.path.join(workdir, 'samples', 'final.npz'))
   assert samples['images'].shape == (12, 8, 8, 1) and samples['images'].dtype == np.uint8
   np.testing.assert_array_equal(samples['labels'], np.arange(12) % 10)  # balanced classes
@@ -39,6 +50,12 @@ def test_train_then_sample_from_the_command_line(tmp_path):
   with open(os.path.join(workdir, 'samples', 'final_report.json')) as f:
     report = json.load(f)
   assert 0.0 <= report['accuracy'] <= 1.0 and len(report['class_counts']) == 10 and report['step'] == 8
+  page = open(os.path.join(workdir, 'samples', 'index.html')).read()
+  assert 'src="../samples/final.png"' in page and 'class_counts' in page and 'spdm' in page
+  tags = _summary_tags(workdir)
+  # clu's progress reporter, the per-class grid of the final samples, and the loss from the metric writer.
+  assert {'steps_per_sec', 'samples_per_class', 'loss'} <= tags, tags
+  assert 'ETA' in result.stderr
 
   _main('--config=tests/tiny_cli_config.py:spdm', f'--workdir={workdir}', '--mode=sample',
         '--config.sample.method=ddim', '--config.sample.num_steps=4', '--config.sample.label=3')

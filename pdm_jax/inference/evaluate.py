@@ -143,14 +143,29 @@ def evaluate_samples(images, labels, config: ml_collections.ConfigDict,
 
 def generate_uint8(experiment: loop.Experiment, state, rng: jax.Array, generator
                    ) -> tuple[np.ndarray, np.ndarray | None]:
-  """Samples with generator (generate.make_generator) from state's EMA / raw params: uint8 (N, H, W, C), labels (N,).
+  """Samples with generator (generate.make_generator) from state's EMA / raw params: uint8 (N, H, W, C), ids (N,).
 
-  labels are the intended classes of class-conditional models, None otherwise (prototype draws are not classes).
+  ids are the intended classes of class-conditional models, the drawn prototypes of PDM, None otherwise.
   """
   variables = generate.sampling_variables(state, experiment.config.sample.use_ema)
   images, ids = generator(variables, rng)
-  labels = ids if experiment.model.kind.class_conditional else None
-  return image_grid.to_uint8(images), labels
+  return image_grid.to_uint8(images), None if ids is None else np.asarray(ids)
+
+
+def class_labels(experiment: loop.Experiment, ids: np.ndarray | None) -> np.ndarray | None:
+  """The samples' classes, to score against: the ids of class-conditional models (prototype draws are not classes)."""
+  return ids if experiment.model.kind.class_conditional else None
+
+
+# Estimates biased by the number of samples (FID's bias falls as 1/n): their TensorBoard tags carry the count,
+# eval/fid_1000, so a periodic estimate is never read as a 50,000-sample FID.
+SAMPLE_COUNT_METRICS = ('fid', 'digits_frechet_distance')
+
+
+def scalar_tags(scalars: dict[str, float], num_samples: int) -> dict[str, float]:
+  """{metric: value} -> {'eval/<metric>' or, for SAMPLE_COUNT_METRICS, 'eval/<metric>_<num_samples>': value}."""
+  return {f'eval/{key}_{num_samples}' if key in SAMPLE_COUNT_METRICS else f'eval/{key}': value
+          for key, value in scalars.items()}
 
 
 def _scalars(result: dict) -> dict[str, float]:
@@ -172,8 +187,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     generator = generate.make_generator(experiment.model, experiment.schedule, config, experiment.image_shape,
                                         experiment.mesh, num_samples=config.eval.num_samples)
     rng = jax.random.fold_in(loop.run_keys(config.seed)['sample'], step)
-    images, labels = generate_uint8(experiment, state, rng, generator)
-    result = evaluate_samples(images, labels, config, inception_reference)
+    images, ids = generate_uint8(experiment, state, rng, generator)
+    result = evaluate_samples(images, class_labels(experiment, ids), config, inception_reference)
   finally:
     experiment.checkpointer.close()
   result.update(step=step, method=config.sample.method,
@@ -183,8 +198,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, METRICS_FILE), 'w') as f:
       json.dump(result, f, indent=1, default=lambda value: np.asarray(value).tolist())
-    grid = image_grid.make_grid(images[:100], None if labels is None else labels[:100])
-    image_grid.save_png(os.path.join(out_dir, 'samples.png'), grid)
+    image_grid.save_png(os.path.join(out_dir, 'samples.png'), image_grid.make_grid(images, ids, max_rows=10))
     logging.info('Evaluation of step %d (%d samples, %s): %s', step, len(images), config.sample.method,
                  json.dumps(_scalars(result)))
   return result
@@ -211,15 +225,15 @@ class PeriodicEvaluator:
                                                 experiment.image_shape, experiment.mesh,
                                                 num_samples=self.config.eval.periodic_num_samples)
     rng = jax.random.fold_in(loop.run_keys(self.config.seed)['sample'], step)
-    images, labels = generate_uint8(experiment, state, rng, self._generator)
-    result = evaluate_samples(images, labels, self.config, self.inception_reference)
+    images, ids = generate_uint8(experiment, state, rng, self._generator)
+    result = evaluate_samples(images, class_labels(experiment, ids), self.config, self.inception_reference)
     if experiment.model.kind.prototype_memory:
       result.update(prototype_health.dataset_health(
           experiment.model, generate.sampling_variables(state, self.config.sample.use_ema), self.config))
     scalars = _scalars(result)
-    self.writer.write_scalars(step, {f'eval/{key}': value for key, value in scalars.items()})
-    grid = image_grid.make_grid(images[:100], None if labels is None else labels[:100])
-    self.writer.write_images(step, {'eval/samples': grid[None]})
+    self.writer.write_scalars(step, scalar_tags(scalars, len(images)))
+    grid = image_grid.make_grid(images, ids, max_rows=10)
+    self.writer.write_images(step, {f'eval/{experiment.model.kind.grid_name}': grid[None]})
     if self.workdir is not None and jax.process_index() == 0:
       os.makedirs(os.path.join(self.workdir, EVAL_DIR), exist_ok=True)
       with open(os.path.join(self.workdir, EVAL_DIR, PERIODIC_FILE), 'a') as f:

@@ -41,6 +41,11 @@ class ModelKind:
     """What a sample's condition id is called in samples/*.npz: 'labels', 'prototype_ids' or None."""
     return {'label': 'labels', 'prototype': 'prototype_ids'}.get(self.conditioning)
 
+  @property
+  def grid_name(self) -> str:
+    """A sample grid's name: 'samples_per_class' / 'samples_per_prototype' (a row per condition) or 'samples'."""
+    return {'label': 'samples_per_class', 'prototype': 'samples_per_prototype'}.get(self.conditioning, 'samples')
+
   def num_conditions(self, num_prototypes: int, num_classes: int | None) -> int:
     """Number of conditions (classes or prototypes; 0 unconditional); a one-line ValueError if it cannot be met."""
     if self.conditioning == 'label':

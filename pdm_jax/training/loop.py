@@ -3,7 +3,6 @@
 import dataclasses
 import os
 import signal
-import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -203,11 +202,6 @@ class _FiniteGuard:
             'train.learning_rate (or raise train.warmup_steps), or check the data.')
 
 
-def _format_seconds(seconds: float) -> str:
-  minutes, seconds = divmod(int(seconds), 60)
-  return f'{minutes}m{seconds:02d}s'
-
-
 # A periodic action: (every_steps, hook); hook(experiment, state, step) runs after each step that is a multiple of
 # every_steps (0: never), e.g. an evaluation. Hooks live outside the loop so it imports no evaluation code.
 PeriodicHook = tuple[int, Callable[[Experiment, state_lib.TrainState, int], None]]
@@ -259,11 +253,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
 
   step_fn = train_step_lib.make_train_step(experiment.model, experiment.tx, experiment.schedule, config,
                                            experiment.learning_rate_fn, mesh)
+  # The one progress reporter: steps/s, ETA and the share of time in evaluations, logged every log_every steps
+  # (and each minute), with steps_per_sec and uptime written as scalars.
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                                     every_steps=config.train.log_every)
   guard = _FiniteGuard(experiment.checkpointer)
   pending: list[dict[str, jax.Array]] = []
-  window_start, window_step = time.time(), start_step
   step = start_step
   try:
     with _PreemptionFlag() as preemption:
@@ -288,28 +283,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None,
             logging.warning('%d of the last %d steps were skipped: their loss or gradients were not finite '
                             "(train.on_nonfinite='skip').", round(averaged['skipped'] * len(pending)), len(pending))
           pending = []
-          elapsed = time.time() - window_start
-          steps_per_second = (step - window_step) / max(elapsed, 1e-9)
-          window_start, window_step = time.time(), step
-          averaged['steps_per_second'] = steps_per_second
-          writer.write_scalars(step, averaged)
-          extras = ''.join(f' {k} {averaged[k]:.4f}' for k in ('diffusion_loss', 'prototype_loss', 'prototypes_used',
-                                                                'prototype_accuracy') if k in averaged)
-          logging.info('step %d/%d loss %.4f%s | %.2f steps/s ETA %s', step, num_steps, averaged['loss'], extras,
-                       steps_per_second, _format_seconds((num_steps - step) / max(steps_per_second, 1e-9)))
+          writer.write_scalars(step, averaged)  # the default writer also logs them
 
         stopping = agreement.stop()
         must_save = step == num_steps or stopping or experiment.checkpointer.should_save(step)
         if must_save:
           guard.check(step)  # never save a state that is not finite
           experiment.checkpointer.save(step, state, force=True)
-        hooks_start = time.time()
         for every, hook in periodic:
           if every and step % every == 0:
             guard.check(step)
-            hook(experiment, state, step)
-        # Time spent in hooks (evaluations) is not training time: keep it out of steps/s.
-        window_start += time.time() - hooks_start
+            with report_progress.timed('eval'):
+              hook(experiment, state, step)
         if stopping or agreement.stop_late():
           if not must_save:  # SIGTERM during the hooks: the save above did not happen
             guard.check(step)
