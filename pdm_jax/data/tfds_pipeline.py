@@ -12,9 +12,11 @@ import tensorflow_datasets as tfds
 from pdm_jax.data import datasets
 from pdm_jax.data import image_ops
 from pdm_jax.data import sharding
+from pdm_jax.data import subsets
 from pdm_jax.data import types
 
 LabelFn = Callable[[dict], tf.Tensor]
+balanced_subset = subsets.balanced_subset  # its former home, kept for callers
 
 
 def resolve_data_dir(data_dir: str | None = None) -> str:
@@ -69,20 +71,6 @@ def label_fn(spec: datasets.DatasetSpec, attribute: str | None) -> LabelFn:
   return lambda example: tf.cast(example[spec.label_feature], tf.int64)
 
 
-def balanced_subset(labels: np.ndarray, num_classes: int, examples_per_class: int, seed: int,
-                    split: str = 'split') -> np.ndarray:
-  """Sorted indices into labels (N,) of examples_per_class examples of each class, drawn without replacement."""
-  rng = np.random.default_rng(seed)
-  chosen = []
-  for label in range(num_classes):
-    members = np.flatnonzero(labels == label)
-    if len(members) < examples_per_class:
-      raise ValueError(f'class {label} has {len(members)} examples in {split}, fewer than '
-                       f'data.examples_per_class={examples_per_class}: lower it, or set 0 for the whole split.')
-    chosen.append(rng.choice(members, examples_per_class, replace=False))
-  return np.sort(np.concatenate(chosen))
-
-
 def _host_slice(builder, spec, split, data_dir, process_index, process_count,
                 label) -> tuple[tf.data.Dataset, int, int]:
   """This host's even part of the whole split: (examples, their count, size of the split)."""
@@ -103,7 +91,7 @@ def _host_subset(builder, spec, split, data_dir, process_index, process_count, l
   whole = read_split(builder, split, spec, data_dir)
   # Every host scans the labels once so all agree on the subset whatever the number of hosts.
   labels = np.concatenate([np.zeros(0, np.int64)] + list(whole.map(label).batch(8192).as_numpy_iterator()))
-  chosen = balanced_subset(labels, spec.num_classes, examples_per_class, subset_seed, f'{spec.name} {split}')
+  chosen = subsets.balanced_subset(labels, spec.num_classes, examples_per_class, subset_seed, f'{spec.name} {split}')
   start, stop = sharding.host_bounds(len(chosen), process_index, process_count)
   mine = np.zeros(len(labels), bool)
   mine[chosen[start:stop]] = True
