@@ -29,11 +29,26 @@ def prepare_command(spec: datasets.DatasetSpec, data_dir: str) -> str:
   return f'python scripts/prepare_data.py --dataset={spec.name} --data_dir={data_dir}'
 
 
-def open_builder(spec: datasets.DatasetSpec, data_dir: str) -> tfds.core.DatasetBuilder:
-  """The tfds builder of spec under data_dir, never looking on GCS (so nothing is fetched over the network)."""
+def open_builder(spec: datasets.DatasetSpec, data_dir: str, manual: bool = False) -> tfds.core.DatasetBuilder:
+  """The tfds builder of spec under data_dir, never looking on GCS (so nothing is fetched over the network).
+
+  With manual, spec.manual_builder if it has one: the same dataset, prepared from files in manual_dir.
+  """
+  if manual and spec.manual_builder:
+    module, name = spec.manual_builder.rsplit('.', 1)
+    return getattr(importlib.import_module(module), name)(data_dir=data_dir)
   if spec.builder_module:
     importlib.import_module(spec.builder_module)  # registers a builder that the tfds catalogue lacks
   return tfds.builder(spec.name, data_dir=data_dir, try_gcs=False)
+
+
+def manual_hint(spec: datasets.DatasetSpec) -> str:
+  """How to prepare spec's dataset without its download (files put in --manual_dir), or '' if it cannot be."""
+  if not spec.manual_files:
+    return ''
+  them = 'them' if len(spec.manual_files) > 1 else 'it'
+  return (f'put {", ".join(spec.manual_files)} in a folder and add --manual_dir=FOLDER; download {them} by hand '
+          f'from {spec.manual_source}')
 
 
 def read_split(builder: tfds.core.DatasetBuilder, split, spec: datasets.DatasetSpec, data_dir: str) -> tf.data.Dataset:
@@ -44,8 +59,7 @@ def read_split(builder: tfds.core.DatasetBuilder, split, spec: datasets.DatasetS
         # One file at a time: the n-th example read is the n-th of the split, which subsets rely on.
         read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
   except AssertionError:  # tfds' way of saying the files are not there
-    manual = (f' (or, without internet, put {spec.manual_file} in a folder and add --manual_dir=FOLDER)'
-              if spec.manual_file else '')
+    manual = f' (or, without internet or where its download fails, {manual_hint(spec)})' if spec.manual_files else ''
     raise FileNotFoundError(
         f'{spec.name} is not prepared under data_dir={data_dir} and training never downloads: on a machine with '
         f'internet run `{prepare_command(spec, data_dir)}`{manual} and copy that folder here, or point '
