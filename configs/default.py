@@ -68,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.shuffle_buffer = 10_000
   # Dataset-specific choices (see pdm_jax/data/datasets.py); None means the reference's default.
   config.data.attribute = ml_collections.FieldReference(None, field_type=str)  # CelebA label, default 'Male'
+  # image_folder only: a flat folder (e.g. img_align_celeba) labelled by a CelebA attribute list such as
+  # list_attr_celeba.txt; data.attribute (required then) gives class 0 where it holds (+1), 1 elsewhere (-1).
+  config.data.attributes_file = ml_collections.FieldReference(None, field_type=str)
   config.data.examples_per_class = ml_collections.FieldReference(None, field_type=int)  # balanced subset; 0: all
   config.data.subset_seed = 0
   config.data.resize_mode = ml_collections.FieldReference(None, field_type=str)  # none / squash / center_crop

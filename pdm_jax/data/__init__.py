@@ -47,10 +47,8 @@ def describe(data_config: ml_collections.ConfigDict) -> types.DatasetInfo:
                              num_examples=0)
   if name == 'image_folder':
     from pdm_jax.data import image_folder
-    _, labels, class_names = image_folder.list_images(data_config.get('data_dir', None) or '')
     return types.DatasetInfo(name=name, image_size=int(data_config.image_size), num_channels=channels,
-                             num_classes=len(class_names) if labels is not None else None,
-                             num_examples=0)
+                             num_classes=image_folder.num_classes(data_config), num_examples=0)
   from pdm_jax.data import datasets
   spec = datasets.get_spec(name)
   split = data_config.get('split', None) or spec.reference_split
@@ -68,7 +66,7 @@ def check_available(data_config: ml_collections.ConfigDict) -> None:
     return  # shipped with scikit-learn
   if name == 'image_folder':
     from pdm_jax.data import image_folder
-    image_folder.list_images(data_config.get('data_dir', None) or '')
+    image_folder.list_examples(data_config)  # also matches the images to data.attributes_file, if set
     return
   from pdm_jax.data import tfds_pipeline
   tfds_pipeline.check_prepared(data_config)

@@ -17,7 +17,9 @@ class DatasetSpec:
   attribute: str | None = None  # celeb_a: label 0 where this binary attribute holds, 1 elsewhere
   resize_mode: str = 'squash'  # how images whose size differs from image_size are brought to it
   builder_module: str | None = None  # module that registers a builder missing from the tfds catalogue
-  manual_file: str | None = None  # archive that may be put in manual_dir instead of downloading
+  manual_files: tuple[str, ...] = ()  # files that may be put in manual_dir instead of downloading
+  manual_source: str | None = None  # where to download manual_files by hand
+  manual_builder: str | None = None  # 'module.Class' preparing from manual_dir where the catalogue's builder cannot
 
 
 SPECS = {
@@ -26,7 +28,12 @@ SPECS = {
         # The reference squashes the 178x218 faces to 176x176 (Resize((176, 176))) and trains on 10,000 men
         # (label 0) and 10,000 women (label 1) drawn from the train split.
         DatasetSpec(name='celeb_a', image_size=176, num_classes=2, label_feature='attributes',
-                    splits=('train', 'validation', 'test'), examples_per_class=10_000, attribute='Male'),
+                    splits=('train', 'validation', 'test'), examples_per_class=10_000, attribute='Male',
+                    # tfds downloads these from Google Drive, which often refuses; by hand they come from the page.
+                    manual_files=('img_align_celeba.zip', 'list_eval_partition.txt', 'list_attr_celeba.txt',
+                                  'list_landmarks_align_celeba.txt', 'identity_CelebA.txt'),
+                    manual_source='https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html',
+                    manual_builder='pdm_jax.data.celeba_manual.CelebAManual'),
         DatasetSpec(name='eurosat/rgb', image_size=64, num_classes=10, label_feature='label', splits=('train',)),
         # The reference trains on the 13,000 labelled images (train + test); 'unlabelled' holds 100,000 more.
         DatasetSpec(name='stl10', image_size=96, num_classes=10, label_feature='label',
@@ -35,7 +42,8 @@ SPECS = {
         # The reference trains on 250 of the 500 training images of each of the 200 classes.
         DatasetSpec(name='tiny_imagenet', image_size=64, num_classes=200, label_feature='label',
                     splits=('train', 'validation'), examples_per_class=250,
-                    builder_module='pdm_jax.data.tiny_imagenet', manual_file='tiny-imagenet-200.zip'),
+                    builder_module='pdm_jax.data.tiny_imagenet', manual_files=('tiny-imagenet-200.zip',),
+                    manual_source='http://cs231n.stanford.edu/tiny-imagenet-200.zip'),
     )
 }
 

@@ -1,4 +1,5 @@
-"""A folder of images as process-local numpy batches: one sub-folder per class, or a flat folder without labels.
+"""A folder of images as process-local numpy batches: one sub-folder per class, or a flat folder without labels, or
+a flat folder labelled by an attribute list (data.attributes_file and data.attribute, e.g. CelebA's faces).
 
 The folder is data.data_dir. Files are listed once, put in a fixed pseudo-random order (so every host's slice
 mixes all classes) and split over hosts; images are read and decoded only after shuffling and skipping.
@@ -13,8 +14,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from pdm_jax.data import attribute_file
 from pdm_jax.data import image_ops
 from pdm_jax.data import sharding
+from pdm_jax.data import subsets
 from pdm_jax.data import types
 
 # Formats that tf.io.decode_image reads.
@@ -50,6 +53,31 @@ def list_images(root: str) -> tuple[list[str], np.ndarray | None, list[str]]:
     paths.extend(str(path) for path in members)
     labels.extend([label] * len(members))
   return paths, np.array(labels, np.int64), [class_folder.name for class_folder in class_folders]
+
+
+def list_examples(data_config: ml_collections.ConfigDict) -> tuple[list[str], np.ndarray | None, list[str]]:
+  """list_images of data.data_dir, its flat folder labelled by data.attributes_file if set (class 0: data.attribute
+  holds, class 1: not)."""
+  root = data_config.get('data_dir', None)
+  if not root:
+    raise ValueError("data.name='image_folder' needs data.data_dir=/path/to/images.")
+  paths, labels, class_names = list_images(root)
+  attributes = data_config.get('attributes_file', None)
+  if not attributes:
+    return paths, labels, class_names
+  if labels is not None:
+    raise ValueError(f'data.attributes_file labels a flat folder of images, but {root} has class sub-folders: '
+                     'point data.data_dir at the images themselves (e.g. img_align_celeba).')
+  attribute = data_config.get('attribute', None)
+  return paths, attribute_file.labels_for(paths, attributes, attribute), [attribute, f'not {attribute}']
+
+
+def num_classes(data_config: ml_collections.ConfigDict) -> int | None:
+  """Classes of the configured folder without reading its images or attribute list: 2 with an attribute list."""
+  if data_config.get('attributes_file', None):
+    return 2
+  _, labels, class_names = list_images(data_config.get('data_dir', None) or '')
+  return len(class_names) if labels is not None else None
 
 
 def read_sizes(paths: list[str]) -> list[tuple[int, int] | None]:
@@ -104,11 +132,9 @@ def build(data_config: ml_collections.ConfigDict, *, global_batch_size: int, see
   """An image folder -> (DatasetInfo, iterator of {'image': (B/n, H, W, C) float32, 'label': (B/n,) int32}).
 
   Same contract as tfds_pipeline.build: endless seeded training batches that resume at start_step, or one
-  ordered pass without flips for train=False; labels are the sorted class sub-folders.
+  ordered pass without flips for train=False; labels are the sorted class sub-folders, or the attribute list's.
+  With data.examples_per_class, a balanced subset drawn by data.subset_seed.
   """
-  root = data_config.get('data_dir', None)
-  if not root:
-    raise ValueError("data.name='image_folder' needs data.data_dir=/path/to/images.")
   image_size = int(data_config.image_size)
   num_channels = int(data_config.get('num_channels', None) or 3)
   use_labels = bool(data_config.get('use_labels', False))
@@ -116,10 +142,20 @@ def build(data_config: ml_collections.ConfigDict, *, global_batch_size: int, see
   sharding.host_bounds(0, process_index, process_count)  # validates the host numbering before any listing
   resize_mode = image_ops.check_resize_mode(data_config.get('resize_mode', None) or 'none')
 
-  paths, labels, class_names = list_images(root)
+  paths, labels, class_names = list_examples(data_config)
+  root = data_config.data_dir
   if use_labels and labels is None:
-    raise ValueError(f's-PDM needs labels: {root} is a flat folder; put each class in its own sub-folder, or '
-                     'set data.use_labels=False (PDM).')
+    raise ValueError(f's-PDM needs labels: {root} is a flat folder; put each class in its own sub-folder, give '
+                     'data.attributes_file and data.attribute, or set data.use_labels=False (PDM).')
+  examples_per_class = data_config.get('examples_per_class', None)
+  if examples_per_class:
+    if labels is None:
+      raise ValueError(f'data.examples_per_class={examples_per_class} needs labels, which the flat folder {root} '
+                       'lacks: set data.examples_per_class=0.')
+    # Drawn before the headers are read, so a 20,000-face subset of CelebA does not open all 202,599 files.
+    chosen = subsets.balanced_subset(labels, len(class_names), examples_per_class,
+                                     int(data_config.get('subset_seed', 0)), root)
+    paths, labels = [paths[i] for i in chosen], labels[chosen]
   # Every header is read once: unreadable files are skipped before they can fail a batch mid-run.
   paths, labels, sizes = drop_unreadable(paths, labels, read_sizes(paths))
   if resize_mode == 'none':

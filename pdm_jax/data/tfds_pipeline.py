@@ -12,9 +12,11 @@ import tensorflow_datasets as tfds
 from pdm_jax.data import datasets
 from pdm_jax.data import image_ops
 from pdm_jax.data import sharding
+from pdm_jax.data import subsets
 from pdm_jax.data import types
 
 LabelFn = Callable[[dict], tf.Tensor]
+balanced_subset = subsets.balanced_subset  # its former home, kept for callers
 
 
 def resolve_data_dir(data_dir: str | None = None) -> str:
@@ -27,11 +29,26 @@ def prepare_command(spec: datasets.DatasetSpec, data_dir: str) -> str:
   return f'python scripts/prepare_data.py --dataset={spec.name} --data_dir={data_dir}'
 
 
-def open_builder(spec: datasets.DatasetSpec, data_dir: str) -> tfds.core.DatasetBuilder:
-  """The tfds builder of spec under data_dir, never looking on GCS (so nothing is fetched over the network)."""
+def open_builder(spec: datasets.DatasetSpec, data_dir: str, manual: bool = False) -> tfds.core.DatasetBuilder:
+  """The tfds builder of spec under data_dir, never looking on GCS (so nothing is fetched over the network).
+
+  With manual, spec.manual_builder if it has one: the same dataset, prepared from files in manual_dir.
+  """
+  if manual and spec.manual_builder:
+    module, name = spec.manual_builder.rsplit('.', 1)
+    return getattr(importlib.import_module(module), name)(data_dir=data_dir)
   if spec.builder_module:
     importlib.import_module(spec.builder_module)  # registers a builder that the tfds catalogue lacks
   return tfds.builder(spec.name, data_dir=data_dir, try_gcs=False)
+
+
+def manual_hint(spec: datasets.DatasetSpec) -> str:
+  """How to prepare spec's dataset without its download (files put in --manual_dir), or '' if it cannot be."""
+  if not spec.manual_files:
+    return ''
+  them = 'them' if len(spec.manual_files) > 1 else 'it'
+  return (f'put {", ".join(spec.manual_files)} in a folder and add --manual_dir=FOLDER; download {them} by hand '
+          f'from {spec.manual_source}')
 
 
 def read_split(builder: tfds.core.DatasetBuilder, split, spec: datasets.DatasetSpec, data_dir: str) -> tf.data.Dataset:
@@ -42,8 +59,7 @@ def read_split(builder: tfds.core.DatasetBuilder, split, spec: datasets.DatasetS
         # One file at a time: the n-th example read is the n-th of the split, which subsets rely on.
         read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
   except AssertionError:  # tfds' way of saying the files are not there
-    manual = (f' (or, without internet, put {spec.manual_file} in a folder and add --manual_dir=FOLDER)'
-              if spec.manual_file else '')
+    manual = f' (or, without internet or where its download fails, {manual_hint(spec)})' if spec.manual_files else ''
     raise FileNotFoundError(
         f'{spec.name} is not prepared under data_dir={data_dir} and training never downloads: on a machine with '
         f'internet run `{prepare_command(spec, data_dir)}`{manual} and copy that folder here, or point '
@@ -69,20 +85,6 @@ def label_fn(spec: datasets.DatasetSpec, attribute: str | None) -> LabelFn:
   return lambda example: tf.cast(example[spec.label_feature], tf.int64)
 
 
-def balanced_subset(labels: np.ndarray, num_classes: int, examples_per_class: int, seed: int,
-                    split: str = 'split') -> np.ndarray:
-  """Sorted indices into labels (N,) of examples_per_class examples of each class, drawn without replacement."""
-  rng = np.random.default_rng(seed)
-  chosen = []
-  for label in range(num_classes):
-    members = np.flatnonzero(labels == label)
-    if len(members) < examples_per_class:
-      raise ValueError(f'class {label} has {len(members)} examples in {split}, fewer than '
-                       f'data.examples_per_class={examples_per_class}: lower it, or set 0 for the whole split.')
-    chosen.append(rng.choice(members, examples_per_class, replace=False))
-  return np.sort(np.concatenate(chosen))
-
-
 def _host_slice(builder, spec, split, data_dir, process_index, process_count,
                 label) -> tuple[tf.data.Dataset, int, int]:
   """This host's even part of the whole split: (examples, their count, size of the split)."""
@@ -103,7 +105,7 @@ def _host_subset(builder, spec, split, data_dir, process_index, process_count, l
   whole = read_split(builder, split, spec, data_dir)
   # Every host scans the labels once so all agree on the subset whatever the number of hosts.
   labels = np.concatenate([np.zeros(0, np.int64)] + list(whole.map(label).batch(8192).as_numpy_iterator()))
-  chosen = balanced_subset(labels, spec.num_classes, examples_per_class, subset_seed, f'{spec.name} {split}')
+  chosen = subsets.balanced_subset(labels, spec.num_classes, examples_per_class, subset_seed, f'{spec.name} {split}')
   start, stop = sharding.host_bounds(len(chosen), process_index, process_count)
   mine = np.zeros(len(labels), bool)
   mine[chosen[start:stop]] = True

@@ -57,6 +57,9 @@ def reference_key(config: ml_collections.ConfigDict) -> tuple[str, str]:
   if config.data.name == 'image_folder':
     # The folder is the dataset: two folders must not share a cache entry.
     fields['data_dir'] = os.path.abspath(os.path.expanduser(str(config.data.data_dir)))
+    # Its labels pick the balanced subset; keyed only when set, so folders without one keep their cached stats.
+    if config.data.get('attributes_file', None):
+      fields['attributes_file'] = os.path.abspath(os.path.expanduser(str(config.data.attributes_file)))
   fields_hash = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:8]
   split = config.data.get('split', None) or 'default'
   return _key_part(config.data.name), f'{_key_part(split)}-n{int(config.eval.num_real)}-{fields_hash}'
