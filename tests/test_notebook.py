@@ -67,6 +67,9 @@ def test_the_committed_notebook_has_no_outputs():
 def test_the_notebook_runs(tmp_path, monkeypatch):
   _kernel_of_this_interpreter(tmp_path / 'jupyter')
   monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))
+  # Connection files and the IPython profile in tmp_path: no user startup scripts, no writes to a read-only home.
+  monkeypatch.setenv('JUPYTER_RUNTIME_DIR', str(tmp_path / 'jupyter' / 'runtime'))
+  monkeypatch.setenv('IPYTHONDIR', str(tmp_path / 'ipython'))
   # The kernel imports pdm_jax and configs/ from this checkout, as a notebook opened in the repository does.
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
   monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')  # figures as image/png outputs
