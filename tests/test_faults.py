@@ -112,10 +112,21 @@ def _sigterm_after(step_fn, state, batch):
   return out
 
 
+def _preemption_config():
+  return tiny_config('pdm', num_steps=8, checkpoint_every=4)
+
+
+@pytest.fixture(scope='module')
+def straight_params(tmp_path_factory):
+  """The parameters of the uninterrupted run that every preempted-and-resumed run must end with."""
+  _, straight = loop.train(_preemption_config(), str(tmp_path_factory.mktemp('straight')))
+  return _params(straight)
+
+
 @pytest.mark.parametrize('sigterm_step', [1, 4, 5])  # the first step (saved anyway), a checkpoint step, another one
-def test_sigterm_saves_once_exits_143_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, monkeypatch, sigterm_step):
-  config = tiny_config('pdm', num_steps=8, checkpoint_every=4)
-  _, straight = loop.train(config, str(tmp_path / 'straight'))
+def test_sigterm_saves_once_exits_143_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, monkeypatch, sigterm_step,
+                                                                                 straight_params):
+  config = _preemption_config()
   handler_before = signal.getsignal(signal.SIGTERM)
   workdir = str(tmp_path / 'preempted')
   _StepWrapper(monkeypatch, sigterm_step, _sigterm_after)
@@ -131,7 +142,7 @@ def test_sigterm_saves_once_exits_143_and_the_rerun_ends_as_an_uninterrupted_run
   monkeypatch.undo()
   _, resumed = loop.train(config, workdir)
   assert int(resumed.step) == 8
-  _assert_close(_params(resumed), _params(straight))
+  _assert_close(_params(resumed), straight_params)
 
 
 def test_a_second_run_on_a_workdir_stops_at_once_naming_the_first(tmp_path):
