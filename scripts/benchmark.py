@@ -69,6 +69,7 @@ from ml_collections import config_flags
 
 from pdm_jax import data
 from pdm_jax import xla_options
+from pdm_jax.models import attention
 from pdm_jax.models import kinds
 from pdm_jax.training import loop
 from pdm_jax.training import sharding
@@ -191,7 +192,9 @@ def measure_memory(config, batch_size: int, mesh) -> dict:
   batch = {key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=split)
            for key, value in _synthetic_batch(config, batch_size).items()}
   start = time.perf_counter()
-  lowered = _make_step(experiment).lower(state, batch)
+  # A GPU's attention choices ('auto': full-matrix while the logits fit, else chunked), not a CPU's cache blocks.
+  with attention.resolve_auto_as('gpu'):
+    lowered = _make_step(experiment).lower(state, batch)
   lower_seconds = time.perf_counter() - start
   options = dict(MEMORY_COMPILER_OPTIONS)
   if FLAGS.cpu_scheduler == 'memory' and jax.default_backend() == 'cpu':

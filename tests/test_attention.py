@@ -1,5 +1,5 @@
 """The one attention function: every implementation against the plain formula (outputs and gradients, fp32, 1e-5),
-the choice 'auto' makes, the chunked path's memory, and clear errors."""
+the chunked path's blocks, the choice 'auto' makes, the chunked path's memory, and clear errors."""
 
 import math
 
@@ -63,14 +63,41 @@ def test_multi_head_attention_splits_heads_of_the_projected_width():
   np.testing.assert_allclose(out, flat(plain_attention(q, k, v)), rtol=1e-5, atol=1e-5)
 
 
-def test_auto_uses_full_attention_when_small_and_chunks_when_large():
-  assert attention.resolve_impl('auto', (8, 256, 32, 8), 256, jnp.float32) == 'xla'
+@pytest.mark.parametrize('images,chunk_size', [(1, 5), (2, 37), (1, 37), (2, 8)])
+def test_blocks_of_images_and_query_chunks_match_the_plain_formula(images, chunk_size):
+  q, k, v = _qkv(batch=4)
+  ours = lambda q, k, v: attention._chunked_attention(q, k, v, images, chunk_size)  # pylint: disable=protected-access
+  np.testing.assert_allclose(ours(q, k, v), plain_attention(q, k, v), rtol=1e-5, atol=1e-5)
+  loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v) * jnp.cos(jnp.arange(q.size).reshape(q.shape)))
+  for got, want in zip(jax.grad(loss(ours), argnums=(0, 1, 2))(q, k, v),
+                       jax.grad(loss(plain_attention), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_takes_cache_sized_blocks_on_a_cpu_and_full_attention_when_small_elsewhere():
+  on_cpu = jax.default_backend() == 'cpu'
+  assert attention.resolve_impl('auto', (8, 256, 32, 8), 256, jnp.float32) == ('chunked' if on_cpu else 'xla')
   # CelebA's 88x88 attention (7,744 tokens, 32 heads) at batch 32: 245 GB of logits.
   assert attention.resolve_impl('auto', (32, 7744, 32, 8), 7744, jnp.bfloat16) == (
       'cudnn' if jax.default_backend() == 'gpu' else 'chunked')
   assert attention.resolve_impl('xla', (32, 7744, 32, 8), 7744, jnp.float32) == 'xla'
-  chunk = attention.default_chunk_size(32, 7744, 7744, 32)
-  assert 1 <= chunk and attention.logits_bytes(32, chunk, 7744, 32) <= attention.LOGITS_BUDGET_BYTES
+  assert attention.block_budget_bytes() == (attention.CPU_BLOCK_BYTES if on_cpu else attention.LOGITS_BUDGET_BYTES)
+
+
+@pytest.mark.parametrize('batch,query_len,heads,budget,expected', [
+    (8, 256, 32, 8 * 2**20, (1, 256)),  # the reference's 16x16 attention: one image is one 8 MiB block
+    (8, 256, 8, 8 * 2**20, (4, 256)),  # 2 MiB per image: four images a block
+    (6, 16, 2, 4 * 2048, (3, 16)),  # four would fit, but blocks must divide the batch
+    (2, 100, 1, 4 * 100 * 10, (1, 10)),  # one image is too big: query chunks of one image
+    (1, 100, 1, 1, (1, 1)),  # never below one query
+])
+def test_default_blocks_fit_the_budget(batch, query_len, heads, budget, expected):
+  images, chunk = attention.default_blocks(batch, query_len, query_len, heads, budget)
+  assert (images, chunk) == expected
+  assert batch % images == 0
+  assert attention.logits_bytes(images, chunk, query_len, heads) <= max(budget, attention.logits_bytes(1, 1,
+                                                                                                         query_len,
+                                                                                                         heads))
 
 
 def _attention_grad_temp_bytes(impl, chunk_size=None):
@@ -120,3 +147,14 @@ def test_unet_is_the_same_function_under_every_cpu_attention_impl():
     np.testing.assert_allclose(outputs[impl][0], outputs['xla'][0], rtol=1e-5, atol=1e-5)
     for got, want in zip(jax.tree.leaves(outputs[impl][1]), jax.tree.leaves(outputs['xla'][1])):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_resolve_auto_as_a_gpu_for_memory_proxies():
+  with attention.resolve_auto_as('gpu'):
+    assert attention.resolve_impl('auto', (8, 256, 32, 8), 256, jnp.float32) == 'xla'
+    assert attention.block_budget_bytes() == attention.LOGITS_BUDGET_BYTES
+    # cuDNN needs a real GPU: a CPU compile standing in for one takes the chunked path.
+    assert attention.resolve_impl('auto', (32, 7744, 32, 8), 7744, jnp.bfloat16) == (
+        'cudnn' if jax.default_backend() == 'gpu' else 'chunked')
+  assert attention.resolve_impl('auto', (8, 256, 32, 8), 256, jnp.float32) == (
+      'chunked' if jax.default_backend() == 'cpu' else 'xla')

@@ -4,11 +4,14 @@ Implementations (`model.attention_impl`):
 - 'xla': plain XLA ops (the function of `jax.nn.dot_product_attention`'s 'xla' path, in fewer passes); builds the
   whole (B, heads, Lq, Lk) logits matrix.
 - 'cudnn': cuDNN flash attention through `jax.nn.dot_product_attention`; CUDA GPUs with bfloat16 / float16 only.
-- 'chunked': query chunks under `jax.checkpoint`, so forward and backward hold one (B, heads, chunk, Lk) block at a
-  time: memory grows with tokens x chunk, not tokens^2. Any backend, any dtype.
-- 'auto': 'xla' while the full logits fit a small budget (fastest), else 'cudnn' where it can run, else 'chunked'.
+- 'chunked': blocks of images x query chunks, each under `jax.checkpoint`, so forward and backward hold one
+  (images, heads, chunk, Lk) block at a time: memory grows with tokens x chunk, not tokens^2. Any backend, any dtype.
+- 'auto': on a CPU 'chunked' with cache-sized blocks (CPU_BLOCK_BYTES); elsewhere 'xla' while the full logits fit
+  LOGITS_BUDGET_BYTES, else 'cudnn' where it can run, else 'chunked'.
 Softmax is always computed in float32, whatever the compute dtype.
 """
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,10 @@ ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'chunked')
 # Float32 logits one attention block may hold at a time: 'auto' keeps full-matrix XLA attention below it, and
 # 'chunked' sizes its query chunks to it. 512 MiB keeps the reference's 16x16 attention (batch 32) in one piece.
 LOGITS_BUDGET_BYTES = 512 * 2**20
+# On a CPU, blocks whose logits stay in cache beat one pass over the whole matrix even with the recomputation: at the
+# reference's 16x16 attention (32 heads of 8, batch 8 / 32), forward + backward ran 2.8x / 2.5x faster in 8 MiB
+# blocks than full-matrix (scripts/benchmark.py --compare-torch measures the whole step).
+CPU_BLOCK_BYTES = 8 * 2**20
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
@@ -33,11 +40,32 @@ def logits_bytes(batch: int, query_len: int, key_len: int, num_heads: int) -> in
   return 4 * batch * num_heads * query_len * key_len
 
 
+_auto_backend: str | None = None  # set by resolve_auto_as: the backend whose choices 'auto' makes
+
+
+@contextlib.contextmanager
+def resolve_auto_as(backend: str):
+  """While tracing inside it, 'auto' chooses as on `backend` (e.g. 'gpu' for a CPU compile standing in for a GPU
+  one in scripts/benchmark.py --memory); 'cudnn' still needs a real GPU and falls back to 'chunked'."""
+  global _auto_backend
+  previous, _auto_backend = _auto_backend, backend
+  try:
+    yield
+  finally:
+    _auto_backend = previous
+
+
+def _backend() -> str:
+  return _auto_backend or jax.default_backend()
+
+
 def resolve_impl(impl: str, query_shape: tuple[int, ...], key_len: int, dtype) -> str:
   """The implementation `impl` stands for on this backend, for (B, Lq, heads, head_dim) queries of `dtype`."""
   check_attention_impl(impl)
   if impl != 'auto':
     return impl
+  if _backend() == 'cpu':
+    return 'chunked'
   batch, query_len, num_heads, _ = query_shape
   if logits_bytes(batch, query_len, key_len, num_heads) <= LOGITS_BUDGET_BYTES:
     return 'xla'
@@ -46,10 +74,31 @@ def resolve_impl(impl: str, query_shape: tuple[int, ...], key_len: int, dtype) -
   return 'chunked'
 
 
-def default_chunk_size(batch: int, query_len: int, key_len: int, num_heads: int) -> int:
-  """Query tokens per chunk so that one chunk's float32 logits stay within LOGITS_BUDGET_BYTES (at least 1)."""
-  per_query = logits_bytes(batch, 1, key_len, num_heads)
-  return max(1, min(query_len, LOGITS_BUDGET_BYTES // per_query))
+def block_budget_bytes() -> int:
+  """Float32 logits one 'chunked' block holds: cache-sized on a CPU, LOGITS_BUDGET_BYTES elsewhere."""
+  return CPU_BLOCK_BYTES if _backend() == 'cpu' else LOGITS_BUDGET_BYTES
+
+
+def default_blocks(batch: int, query_len: int, key_len: int, num_heads: int,
+                   budget: int = LOGITS_BUDGET_BYTES) -> tuple[int, int]:
+  """(images, query tokens) per block so that a block's float32 logits stay within budget (at least (1, 1)): whole
+  images while one fits (as many as divide the batch), else query chunks of one image."""
+  per_image = logits_bytes(1, query_len, key_len, num_heads)
+  if per_image <= budget:
+    images = min(batch, budget // per_image)
+    while batch % images:
+      images -= 1
+    return images, query_len
+  return 1, max(1, min(query_len, budget // logits_bytes(1, 1, key_len, num_heads)))
+
+
+def _heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """Attention on heads-first blocks: (..., Lq, D) pre-scaled queries, (..., Lk, D) x2 -> (..., Lq, D); the
+  float32 softmax of _full_attention (stop-gradient max, division after the product with the values)."""
+  logits = jnp.einsum('...qd,...kd->...qk', query, key, preferred_element_type=jnp.float32)
+  weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+  out = jnp.einsum('...qk,...kd->...qd', weights.astype(value.dtype), value, preferred_element_type=jnp.float32)
+  return (out / jnp.sum(weights, axis=-1, keepdims=True)).astype(query.dtype)
 
 
 def _full_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
@@ -58,8 +107,7 @@ def _full_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.A
   The same function as jax.nn.dot_product_attention(implementation='xla'), written for fewer passes over the
   (B, N, Lq, Lk) matrix, which dominates attention's time: the scale is applied to the (smaller) queries, the
   max subtracted for stability is a constant to autodiff (the softmax does not depend on it), and the division by
-  the row sums comes after the product with the values. On this CPU, forward + backward at the reference's 16x16
-  attention (8 heads of 32) runs 3-8% faster than jax.nn's.
+  the row sums comes after the product with the values.
   """
   scale = jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
   logits = jnp.einsum('bqnd,bknd->bnqk', query * scale, key, preferred_element_type=jnp.float32)
@@ -69,23 +117,35 @@ def _full_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.A
   return (out / jnp.swapaxes(row_sums, 1, 2)[..., None]).astype(query.dtype)
 
 
-def _chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, chunk_size: int) -> jax.Array:
-  """_full_attention one query chunk at a time; each chunk is recomputed in the backward pass, not stored."""
+def _chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, images: int, chunk_size: int
+                       ) -> jax.Array:
+  """Attention one block of `images` x `chunk_size` queries at a time, heads first; each block is recomputed in the
+  backward pass, not stored. images must divide the batch."""
   batch, query_len, num_heads, head_dim = query.shape
-  num_chunks = -(-query_len // chunk_size)
+  key_len = key.shape[1]
+  num_chunks, num_groups = -(-query_len // chunk_size), batch // images
   # Padded queries attend like any other and are dropped: queries never interact, so results are unchanged.
-  padded = jnp.pad(query, ((0, 0), (0, num_chunks * chunk_size - query_len), (0, 0), (0, 0)))
-  chunks = padded.reshape(batch, num_chunks, chunk_size, num_heads, head_dim).swapaxes(0, 1)
-  attend = jax.checkpoint(lambda chunk: _full_attention(chunk, key, value))
-  out = jax.lax.map(attend, chunks)
-  return out.swapaxes(0, 1).reshape(batch, num_chunks * chunk_size, num_heads, head_dim)[:, :query_len]
+  padded = jnp.pad(query * jnp.asarray(head_dim ** -0.5, query.dtype),
+                   ((0, 0), (0, num_chunks * chunk_size - query_len), (0, 0), (0, 0)))
+  # (groups, chunks, images, heads, chunk, D) query blocks; a group's chunks meet its images' keys and values.
+  queries = padded.reshape(num_groups, images, num_chunks, chunk_size, num_heads, head_dim).transpose(0, 2, 1, 4, 3, 5)
+  heads_first = lambda t: t.reshape(num_groups, images, key_len, num_heads, head_dim).transpose(0, 1, 3, 2, 4)
+
+  def attend_group(group):
+    group_queries, group_keys, group_values = group
+    attend = jax.checkpoint(lambda chunk: _heads_first_attention(chunk, group_keys, group_values))
+    return jax.lax.map(attend, group_queries)
+
+  out = jax.lax.map(attend_group, (queries, heads_first(key), heads_first(value)))
+  out = out.transpose(0, 2, 1, 4, 3, 5)
+  return out.reshape(batch, num_chunks * chunk_size, num_heads, head_dim)[:, :query_len]
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, impl: str = 'auto',
                           chunk_size: int | None = None) -> jax.Array:
   """Scaled dot-product attention: (B, Lq, N, D), (B, Lk, N, D) x2 -> (B, Lq, N, D), N heads of size D.
 
-  chunk_size: query tokens per chunk for 'chunked' (None: sized to LOGITS_BUDGET_BYTES).
+  chunk_size: query tokens per chunk of the whole batch for 'chunked' (None: blocks sized to block_budget_bytes()).
   """
   check_attention_impl(impl, chunk_size)
   if key.shape[1] == 1:
@@ -101,8 +161,10 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                        f'{jax.default_backend()}, {jnp.dtype(query.dtype).name}): use auto, xla or chunked.')
     return jax.nn.dot_product_attention(query, key, value, implementation='cudnn')
   batch, query_len, num_heads, _ = query.shape
-  chunk_size = chunk_size or default_chunk_size(batch, query_len, key.shape[1], num_heads)
-  return _chunked_attention(query, key, value, min(chunk_size, query_len))
+  if chunk_size:  # the user's query chunk, over the whole batch
+    return _chunked_attention(query, key, value, batch, min(chunk_size, query_len))
+  images, chunk = default_blocks(batch, query_len, key.shape[1], num_heads, block_budget_bytes())
+  return _chunked_attention(query, key, value, images, chunk)
 
 
 def multi_head_attention(query: jax.Array, key: jax.Array, value: jax.Array, num_heads: int, *,

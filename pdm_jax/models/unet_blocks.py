@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from pdm_jax.models import attention
+from pdm_jax.models import group_norm as group_norm_lib
 
 
 def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, freq_shift=0.0, max_period=10000.0):
@@ -37,7 +38,7 @@ def conv3x3(features, dtype, name, stride=1, padding=((1, 1), (1, 1))):
 def group_norm(num_groups, eps, dtype, name):
   """GroupNorm matching torch.nn.GroupNorm numerics; shape-preserving; statistics in float32 under any dtype."""
   # Two-pass variance, as torch computes it (the fast E[x^2]-E[x]^2 form loses precision and breaks parity).
-  return nn.GroupNorm(num_groups=num_groups, epsilon=eps, dtype=dtype, use_fast_variance=False, name=name)
+  return group_norm_lib.GroupNorm(num_groups=num_groups, epsilon=eps, dtype=dtype, name=name)
 
 
 def maybe_remat(module_class, remat: bool, static_argnums: tuple[int, ...] = ()):
