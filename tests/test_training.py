@@ -45,7 +45,8 @@ def test_training_reduces_the_loss_and_updates_ema(tmp_path):
   init_params = _params(loop.initial_state(fresh))
   moved = [float(np.abs(p - q).max()) for p, q in zip(jax.tree.leaves(_params(state)), jax.tree.leaves(init_params))]
   assert max(moved) > 1e-3
-  ema_gap = [float(np.abs(e - p).max()) for e, p in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params))]
+  ema_gap = [float(np.abs(e - p).max())
+             for e, p in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params))]
   assert max(ema_gap) > 0.0  # EMA lags the raw params
   events = [f for f in os.listdir(tmp_path) if 'tfevents' in f]
   assert events, 'metrics must reach TensorBoard event files in the workdir'
