@@ -1,4 +1,5 @@
-r"""Exports a trained ddpm / cddpm run as a diffusers folder: UNet2DModel weights and config, DDPMScheduler config.
+r"""Exports a trained ddpm / cddpm / protodiffusion run as a diffusers folder: UNet2DModel weights and config,
+DDPMScheduler config.
 
   python scripts/export_diffusers.py --config=configs/digits_ddpm.py --workdir=workdirs/digits_ddpm \
       --output=exports/digits_ddpm
@@ -6,7 +7,8 @@ r"""Exports a trained ddpm / cddpm run as a diffusers folder: UNet2DModel weight
 Pass the run's own --config and overrides, as for --mode=sample. The latest checkpoint's EMA parameters are exported
 (--use_ema=false: the raw ones). With diffusers installed, a ddpm export is a pipeline:
   diffusers.DDPMPipeline.from_pretrained('exports/digits_ddpm')
-and a cddpm export a UNet2DModel (in DIR/unet) to call with class_labels=, plus its DDPMScheduler (DIR/scheduler).
+and a cddpm / protodiffusion export a UNet2DModel (in DIR/unet) to call with class_labels=, plus its DDPMScheduler
+(DIR/scheduler).
 pdm / spdm models condition the UNet bottleneck on prototypes, which a UNet2DModel cannot express: they are refused.
 """
 

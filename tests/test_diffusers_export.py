@@ -30,12 +30,12 @@ from tests.conftest import tiny_config
 IMAGE_SIZE, CHANNELS, CLASSES = 8, 3, 10
 
 
-def _model_and_params(model_type: str, seed: int = 0):
+def _model_and_params(model_type: str, seed: int = 0, null_class: bool = False):
   """A tiny DiffusionModel of `model_type` and random params of init's shapes (drawn in numpy: init itself takes
   tens of seconds to compile on a CPU). Norm scales and biases are random too, so no layer is an identity."""
   config = tiny_config(model_type)
   model = factory.build_model(config.model, image_size=IMAGE_SIZE, num_channels=CHANNELS,
-                              num_classes=CLASSES if config.data.use_labels else None)
+                              num_classes=CLASSES if config.data.use_labels else None, null_class=null_class)
   args, kwargs = model.kind.init_inputs((IMAGE_SIZE, IMAGE_SIZE, CHANNELS))
   key = jax.random.PRNGKey(0)
   variables = jax.eval_shape(lambda: model.init({'params': key, 'dropout': key}, *args, **kwargs))
@@ -50,16 +50,17 @@ def _model_and_params(model_type: str, seed: int = 0):
   return config, model, traverse_util.unflatten_dict(params)
 
 
-def _export(tmp_path, model_type: str):
-  config, model, params = _model_and_params(model_type)
-  output = str(tmp_path / model_type)
+def _export(tmp_path, model_type: str, null_class: bool = False):
+  config, model, params = _model_and_params(model_type, null_class=null_class)
+  output = str(tmp_path / f'{model_type}{"_null" if null_class else ""}')
   diffusers_export.export_pipeline(model, params, IMAGE_SIZE, config.diffusion, output)
   return config, model, params, output
 
 
-@pytest.mark.parametrize('model_type', ['ddpm', 'cddpm'])
-def test_diffusers_unet_predicts_our_noise(tmp_path, model_type):
-  _, model, params, output = _export(tmp_path, model_type)
+@pytest.mark.parametrize('model_type,null_class', [('ddpm', False), ('cddpm', False), ('cddpm', True),
+                                                   ('protodiffusion', False), ('protodiffusion', True)])
+def test_diffusers_unet_predicts_our_noise(tmp_path, model_type, null_class):
+  _, model, params, output = _export(tmp_path, model_type, null_class)
   unet, info = diffusers.UNet2DModel.from_pretrained(os.path.join(output, 'unet'), output_loading_info=True)
   assert not any(info.values()), info  # no missing, unexpected or mismatched tensor
   unet.eval()
@@ -76,6 +77,13 @@ def test_diffusers_unet_predicts_our_noise(tmp_path, model_type):
   if labels is not None:
     other, _ = model.apply({'params': params}, x_t, t, labels=(labels + 1) % CLASSES)
     assert np.abs(np.asarray(other) - np.asarray(ours)).max() > 1e-3
+  if null_class:
+    # The null condition of classifier-free guidance is the table's last row, label CLASSES, as cddpm's.
+    dropped, _ = model.apply({'params': params}, x_t, t, labels=labels, drop_condition=np.ones(3, bool))
+    with torch.no_grad():
+      theirs = unet(torch.from_numpy(x_t.transpose(0, 3, 1, 2)), torch.from_numpy(t),
+                    class_labels=torch.full((3,), CLASSES)).sample.numpy()
+    np.testing.assert_allclose(np.asarray(dropped), theirs.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('model_type', ['ddpm', 'cddpm'])
@@ -143,8 +151,7 @@ def test_scheduler_config_refuses_what_diffusers_cannot_express():
 
 
 @pytest.mark.parametrize('model_type, message', [
-    ('pdm', 'a diffusers UNet2DModel cannot express'), ('spdm', 'a diffusers UNet2DModel cannot express'),
-    ('protodiffusion', 'projects its class centres into the time embedding')])
+    ('pdm', 'a diffusers UNet2DModel cannot express'), ('spdm', 'a diffusers UNet2DModel cannot express')])
 def test_prototype_models_are_refused(tmp_path, model_type, message):
   config = tiny_config(model_type)
   model = factory.build_model(config.model, image_size=IMAGE_SIZE, num_channels=CHANNELS, num_classes=CLASSES)

@@ -1,4 +1,6 @@
-"""Exports a ddpm / cddpm DiffusionModel as a diffusers folder: UNet2DModel weights and config, DDPMScheduler config.
+"""Exports a ddpm / cddpm / protodiffusion DiffusionModel as a diffusers folder: UNet2DModel weights and config,
+DDPMScheduler config. ProtoDiffusion's class embedding (centres through a Dense projection) is folded into the one
+table a UNet2DModel has (`num_class_embeds`): row c = centre_c @ kernel + bias, the null row last.
 
 The reverse of `diffusers_import`; both read their names from `diffusers_format`. Weights are written with
 safetensors' numpy API, so exporting needs neither torch nor diffusers. The folder layout:
@@ -31,10 +33,24 @@ def check_exportable(kind: kinds.ModelKind) -> None:
   """A one-line ValueError unless models of `kind` are a plain (optionally class-embedded) UNet, as UNet2DModel is."""
   if kind.prototype_memory:
     raise ValueError(f'model.type={kind.name} conditions the UNet bottleneck on prototypes by cross-attention, which '
-                     'a diffusers UNet2DModel cannot express: only ddpm and cddpm models export.')
-  if kind.class_prototypes:
-    raise ValueError(f'model.type={kind.name} projects its class centres into the time embedding, which this exporter '
-                     'does not write yet: only ddpm and cddpm models export.')
+                     'a diffusers UNet2DModel cannot express: only ddpm, cddpm and protodiffusion models export.')
+
+
+def fold_class_projection(params: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+  """ProtoDiffusion params -> (UNet params with a class_embedding table in place of class_projection, table rows).
+
+  The UNet adds class_projection(centre) to the time embedding; a table of the projected centres (and null row)
+  adds the same vectors by label, which is what UNet2DModel's class embedding does.
+  """
+  rows = [np.asarray(params[pdm.CLASS_CENTRES], np.float64)]
+  if pdm.NULL_CLASS_EMBEDDING in params:
+    rows.append(np.asarray(params[pdm.NULL_CLASS_EMBEDDING], np.float64)[None])
+  projection = params['unet']['class_projection']
+  table = np.concatenate(rows) @ np.asarray(projection['kernel'], np.float64) + np.asarray(projection['bias'],
+                                                                                            np.float64)
+  unet_params = {name: value for name, value in params['unet'].items() if name != 'class_projection'}
+  unet_params['class_embedding'] = {'embedding': table.astype(np.float32)}
+  return unet_params, len(table)
 
 
 def unet_config(unet: unet_lib.UNet2D, sample_size: int) -> dict[str, Any]:
@@ -107,15 +123,23 @@ def export_pipeline(model: pdm.DiffusionModel, params: Mapping[str, Any], image_
   DDPMPipeline passes no class labels, so a cddpm UNet is loaded with UNet2DModel and called with class_labels=.
   """
   check_exportable(model.kind)
-  extra = sorted(set(params) - {'unet'})
+  allowed = {'unet'} | ({pdm.CLASS_CENTRES, pdm.NULL_CLASS_EMBEDDING} if model.kind.class_prototypes else set())
+  extra = sorted(set(params) - allowed)
   if extra:
     raise ValueError(f'params hold {extra} besides the UNet: pass the DiffusionModel params ({{"unet": ...}}) of a '
-                     'ddpm or cddpm model')
+                     'ddpm, cddpm or protodiffusion model')
   if 'unet' not in params:
     raise ValueError('params have no "unet" entry: pass the DiffusionModel params tree, e.g. state.ema_params')
   if os.path.isdir(output_dir) and os.listdir(output_dir):
     raise ValueError(f'{output_dir} is not empty: export into a new or empty directory')
   unet = model.make_unet()
+  unet_params = params['unet']
+  if model.kind.class_prototypes:
+    if pdm.CLASS_CENTRES not in params or 'class_projection' not in unet_params:
+      raise ValueError('protodiffusion params need class_centres and unet/class_projection: pass the '
+                       'DiffusionModel params tree, e.g. state.ema_params')
+    unet_params, num_rows = fold_class_projection(params)
+    unet = unet.clone(num_class_embeds=num_rows)
   # Everything is computed before the first file is written: a refused export leaves no partial folder.
   files = {
       os.path.join('unet', 'config.json'): unet_config(unet, image_size),
@@ -124,7 +148,7 @@ def export_pipeline(model: pdm.DiffusionModel, params: Mapping[str, Any], image_
   if not model.kind.conditional:
     files['model_index.json'] = {'_class_name': 'DDPMPipeline', '_diffusers_version': DIFFUSERS_VERSION,
                                  'scheduler': ['diffusers', 'DDPMScheduler'], 'unet': ['diffusers', 'UNet2DModel']}
-  tensors = unet_state_dict(unet, params['unet'])
+  tensors = unet_state_dict(unet, unet_params)
 
   from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
   for name, value in files.items():
