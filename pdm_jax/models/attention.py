@@ -21,7 +21,7 @@ ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'chunked')
 # 'chunked' sizes its query chunks to it. 512 MiB keeps the reference's 16x16 attention (batch 32) in one piece.
 LOGITS_BUDGET_BYTES = 512 * 2**20
 # On a CPU, blocks whose logits stay in cache beat one pass over the whole matrix even with the recomputation: at the
-# reference's 16x16 attention (32 heads of 8, batch 8 / 32), forward + backward ran 2.8x / 2.5x faster in 8 MiB
+# reference's 16x16 attention (32 heads of 8, batch 8 / 32), forward + backward ran 2.5x / 2.7x faster in 8 MiB
 # blocks than full-matrix (scripts/benchmark.py --compare-torch measures the whole step).
 CPU_BLOCK_BYTES = 8 * 2**20
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
