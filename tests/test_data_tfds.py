@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from configs import default
 from pdm_jax.data import sharding
+from pdm_jax.data import subsets
 from pdm_jax.data import tfds_pipeline
 
 # Examples of each split get ids from these bases, so ids of a sum of splits never collide.
@@ -114,7 +115,7 @@ def _expected_ids(name):
   if CASES[name][1] is not None:
     return sorted(CASES[name][1])
   labels = np.array([CASES[name][2](i) for i in range(75)])
-  return sorted(tfds_pipeline.balanced_subset(labels, 2, CASES[name][0]['examples_per_class'], seed=0))
+  return sorted(subsets.balanced_subset(labels, 2, CASES[name][0]['examples_per_class'], seed=0))
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
@@ -293,10 +294,10 @@ def test_tfds_data_dir_is_honoured(tmp_path, monkeypatch):
 
 def test_balanced_subset_is_seeded_and_balanced():
   labels = np.array([0, 1, 1, 0, 1, 0, 1, 1, 0, 0])
-  chosen = tfds_pipeline.balanced_subset(labels, 2, 3, seed=1)
+  chosen = subsets.balanced_subset(labels, 2, 3, seed=1)
   assert list(chosen) == sorted(chosen) and len(set(chosen)) == 6
   assert np.bincount(labels[chosen]).tolist() == [3, 3]
-  np.testing.assert_array_equal(chosen, tfds_pipeline.balanced_subset(labels, 2, 3, seed=1))
+  np.testing.assert_array_equal(chosen, subsets.balanced_subset(labels, 2, 3, seed=1))
 
 
 @pytest.mark.parametrize('num_examples,process_count', [(25, 2), (10, 3), (7, 7), (3, 4)])

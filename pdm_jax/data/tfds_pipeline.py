@@ -16,7 +16,6 @@ from pdm_jax.data import subsets
 from pdm_jax.data import types
 
 LabelFn = Callable[[dict], tf.Tensor]
-balanced_subset = subsets.balanced_subset  # its former home, kept for callers
 
 
 def resolve_data_dir(data_dir: str | None = None) -> str:
