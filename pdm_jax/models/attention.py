@@ -4,8 +4,9 @@ Implementations (`model.attention_impl`):
 - 'xla': plain XLA ops (the function of `jax.nn.dot_product_attention`'s 'xla' path, in fewer passes); builds the
   whole (B, heads, Lq, Lk) logits matrix.
 - 'cudnn': cuDNN flash attention through `jax.nn.dot_product_attention`; CUDA GPUs with bfloat16 / float16 only.
-- 'chunked': blocks of images x query chunks, each under `jax.checkpoint`, so forward and backward hold one
-  (images, heads, chunk, Lk) block at a time: memory grows with tokens x chunk, not tokens^2. Any backend, any dtype.
+- 'chunked': blocks of images x query chunks with a written-out backward pass that recomputes each block's weights,
+  so forward and backward hold one (images, heads, chunk, Lk) block at a time: memory grows with tokens x chunk, not
+  tokens^2. Any backend, any dtype.
 - 'auto': on a CPU 'chunked' with cache-sized blocks (CPU_BLOCK_BYTES); elsewhere 'xla' while the full logits fit
   LOGITS_BUDGET_BYTES, else 'cudnn' where it can run, else 'chunked'.
 Softmax is always computed in float32, whatever the compute dtype.
@@ -21,8 +22,8 @@ ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'chunked')
 # 'chunked' sizes its query chunks to it. 512 MiB keeps the reference's 16x16 attention (batch 32) in one piece.
 LOGITS_BUDGET_BYTES = 512 * 2**20
 # On a CPU, blocks whose logits stay in cache beat one pass over the whole matrix even with the recomputation: at the
-# reference's 16x16 attention (32 heads of 8, batch 8 / 32), forward + backward ran 2.5x / 2.7x faster in 8 MiB
-# blocks than full-matrix (scripts/benchmark.py --compare-torch measures the whole step).
+# reference's 16x16 attention (32 heads of 8, batch 32), forward + backward ran 4.6x faster in 8 MiB blocks than
+# full-matrix; with 2 to 64 MiB blocks the batch-8 train step was the same to within 4%.
 CPU_BLOCK_BYTES = 8 * 2**20
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
@@ -92,13 +93,58 @@ def default_blocks(batch: int, query_len: int, key_len: int, num_heads: int,
   return 1, max(1, min(query_len, budget // logits_bytes(1, 1, key_len, num_heads)))
 
 
-def _heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
-  """Attention on heads-first blocks: (..., Lq, D) pre-scaled queries, (..., Lk, D) x2 -> (..., Lq, D); the
-  float32 softmax of _full_attention (stop-gradient max, division after the product with the values)."""
+def _softmax_numerator(query: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """exp(logits - row max) in float32 and the row max, for (..., Lq, D) pre-scaled queries and (..., Lk, D) keys."""
   logits = jnp.einsum('...qd,...kd->...qk', query, key, preferred_element_type=jnp.float32)
-  weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+  row_max = jnp.max(logits, axis=-1, keepdims=True)
+  return jnp.exp(logits - row_max), row_max
+
+
+def _sum_over_queries(rows: jax.Array, weights: jax.Array) -> jax.Array:
+  """sum_q rows[..., q, :] weights[..., q, k] -> (..., Lk, D), computed as (..., D, Lk) and then swapped.
+
+  XLA:CPU runs the direct form with the (Lq, Lk) matrix as a transposed left operand: ~16 GFLOP/s on the
+  reference's (32 heads, 256, 256) blocks, against ~180 for this one. The barrier stops XLA folding the swap back
+  into the product.
+  """
+  product = jnp.einsum('...qd,...qk->...dk', rows, weights, preferred_element_type=jnp.float32)
+  return jnp.swapaxes(jax.lax.optimization_barrier(product), -1, -2)
+
+
+@jax.custom_vjp
+def _heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """Attention on heads-first blocks: (..., Lq, D) pre-scaled queries, (..., Lk, D) x2 -> (..., Lq, D), float32
+  softmax (division after the product with the values).
+
+  The backward pass is written out (flash-attention style): it keeps the inputs, the output and the log row sums,
+  recomputes the (Lq, Lk) weights, and orders every product so that XLA:CPU runs it as a plain matrix product.
+  """
+  return _heads_first_forward(query, key, value)[0]
+
+
+def _heads_first_forward(query, key, value):
+  weights, row_max = _softmax_numerator(query, key)
+  row_sums = jnp.sum(weights, axis=-1, keepdims=True)
   out = jnp.einsum('...qk,...kd->...qd', weights.astype(value.dtype), value, preferred_element_type=jnp.float32)
-  return (out / jnp.sum(weights, axis=-1, keepdims=True)).astype(query.dtype)
+  out = (out / row_sums).astype(query.dtype)
+  return out, (query, key, value, out, row_max + jnp.log(row_sums))
+
+
+def _heads_first_backward(residuals, d_out):
+  query, key, value, out, log_row_sums = residuals
+  logits = jnp.einsum('...qd,...kd->...qk', query, key, preferred_element_type=jnp.float32)
+  weights = jnp.exp(logits - log_row_sums)  # the softmax
+  d_weights = jnp.einsum('...qd,...kd->...qk', d_out, value, preferred_element_type=jnp.float32)
+  # softmax backward: d_logits = weights * (d_weights - sum_k weights d_weights), and that sum is d_out . out.
+  d_logits = weights * (d_weights - jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1, keepdims=True))
+  d_logits = d_logits.astype(query.dtype)
+  d_query = jnp.einsum('...qk,...kd->...qd', d_logits, key, preferred_element_type=jnp.float32)
+  d_key = _sum_over_queries(query, d_logits)
+  d_value = _sum_over_queries(d_out, weights.astype(d_out.dtype))
+  return d_query.astype(query.dtype), d_key.astype(key.dtype), d_value.astype(value.dtype)
+
+
+_heads_first_attention.defvjp(_heads_first_forward, _heads_first_backward)
 
 
 def _full_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
@@ -119,8 +165,8 @@ def _full_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.A
 
 def _chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, images: int, chunk_size: int
                        ) -> jax.Array:
-  """Attention one block of `images` x `chunk_size` queries at a time, heads first; each block is recomputed in the
-  backward pass, not stored. images must divide the batch."""
+  """Attention one block of `images` x `chunk_size` queries at a time, heads first; the backward pass recomputes
+  each block's weights rather than storing them. images must divide the batch."""
   batch, query_len, num_heads, head_dim = query.shape
   key_len = key.shape[1]
   num_chunks, num_groups = -(-query_len // chunk_size), batch // images
@@ -133,8 +179,7 @@ def _chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, image
 
   def attend_group(group):
     group_queries, group_keys, group_values = group
-    attend = jax.checkpoint(lambda chunk: _heads_first_attention(chunk, group_keys, group_values))
-    return jax.lax.map(attend, group_queries)
+    return jax.lax.map(lambda chunk: _heads_first_attention(chunk, group_keys, group_values), group_queries)
 
   out = jax.lax.map(attend_group, (queries, heads_first(key), heads_first(value)))
   out = out.transpose(0, 2, 1, 4, 3, 5)
