@@ -63,15 +63,32 @@ def test_multi_head_attention_splits_heads_of_the_projected_width():
   np.testing.assert_allclose(out, flat(plain_attention(q, k, v)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])  # the written-out backward (CPU), autodiff + checkpoint (else)
 @pytest.mark.parametrize('images,chunk_size', [(1, 5), (2, 37), (1, 37), (2, 8)])
-def test_blocks_of_images_and_query_chunks_match_the_plain_formula(images, chunk_size):
+def test_blocks_of_images_and_query_chunks_match_the_plain_formula(images, chunk_size, backend):
   q, k, v = _qkv(batch=4)
   ours = lambda q, k, v: attention._chunked_attention(q, k, v, images, chunk_size)  # pylint: disable=protected-access
-  np.testing.assert_allclose(ours(q, k, v), plain_attention(q, k, v), rtol=1e-5, atol=1e-5)
   loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v) * jnp.cos(jnp.arange(q.size).reshape(q.shape)))
-  for got, want in zip(jax.grad(loss(ours), argnums=(0, 1, 2))(q, k, v),
-                       jax.grad(loss(plain_attention), argnums=(0, 1, 2))(q, k, v)):
+  with attention.resolve_auto_as(backend):
+    np.testing.assert_allclose(ours(q, k, v), plain_attention(q, k, v), rtol=1e-5, atol=1e-5)
+    grads = jax.grad(loss(ours), argnums=(0, 1, 2))(q, k, v)
+  for got, want in zip(grads, jax.grad(loss(plain_attention), argnums=(0, 1, 2))(q, k, v)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_written_out_backward_is_autodiff_s(dtype):
+  """The CPU path's hand-written backward against autodiff of the same blocks, also in bfloat16."""
+  q, k, v = (t.astype(dtype) for t in _qkv(batch=2))
+  grads = {}
+  for backend in ('cpu', 'gpu'):
+    with attention.resolve_auto_as(backend):
+      fn = lambda q, k, v: jnp.sum(attention._chunked_attention(q, k, v, 1, 7).astype(jnp.float32)**2)  # pylint: disable=protected-access
+      grads[backend] = jax.grad(fn, argnums=(0, 1, 2))(q, k, v)
+  tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
+  for got, want in zip(grads['cpu'], grads['gpu']):
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tolerance,
+                               atol=tolerance)
 
 
 def test_auto_takes_cache_sized_blocks_on_a_cpu_and_full_attention_when_small_elsewhere():

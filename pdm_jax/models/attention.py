@@ -4,9 +4,9 @@ Implementations (`model.attention_impl`):
 - 'xla': plain XLA ops (the function of `jax.nn.dot_product_attention`'s 'xla' path, in fewer passes); builds the
   whole (B, heads, Lq, Lk) logits matrix.
 - 'cudnn': cuDNN flash attention through `jax.nn.dot_product_attention`; CUDA GPUs with bfloat16 / float16 only.
-- 'chunked': blocks of images x query chunks with a written-out backward pass that recomputes each block's weights,
-  so forward and backward hold one (images, heads, chunk, Lk) block at a time: memory grows with tokens x chunk, not
-  tokens^2. Any backend, any dtype.
+- 'chunked': blocks of images x query chunks whose backward pass recomputes each block's weights (on a CPU a
+  written-out backward, elsewhere autodiff under `jax.checkpoint`), so forward and backward hold one
+  (images, heads, chunk, Lk) block at a time: memory grows with tokens x chunk, not tokens^2. Any backend, any dtype.
 - 'auto': on a CPU 'chunked' with cache-sized blocks (CPU_BLOCK_BYTES); elsewhere 'xla' while the full logits fit
   LOGITS_BUDGET_BYTES, else 'cudnn' where it can run, else 'chunked'.
 Softmax is always computed in float32, whatever the compute dtype.
@@ -96,7 +96,8 @@ def default_blocks(batch: int, query_len: int, key_len: int, num_heads: int,
 def _softmax_numerator(query: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
   """exp(logits - row max) in float32 and the row max, for (..., Lq, D) pre-scaled queries and (..., Lk, D) keys."""
   logits = jnp.einsum('...qd,...kd->...qk', query, key, preferred_element_type=jnp.float32)
-  row_max = jnp.max(logits, axis=-1, keepdims=True)
+  # A constant to autodiff: the softmax does not depend on it.
+  row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   return jnp.exp(logits - row_max), row_max
 
 
@@ -111,27 +112,18 @@ def _sum_over_queries(rows: jax.Array, weights: jax.Array) -> jax.Array:
   return jnp.swapaxes(jax.lax.optimization_barrier(product), -1, -2)
 
 
-@jax.custom_vjp
-def _heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
-  """Attention on heads-first blocks: (..., Lq, D) pre-scaled queries, (..., Lk, D) x2 -> (..., Lq, D), float32
-  softmax (division after the product with the values).
-
-  The backward pass is written out (flash-attention style): it keeps the inputs, the output and the log row sums,
-  recomputes the (Lq, Lk) weights, and orders every product so that XLA:CPU runs it as a plain matrix product.
-  """
-  return _heads_first_forward(query, key, value)[0]
-
-
-def _heads_first_forward(query, key, value):
+def _block_forward(query, key, value):
+  """One heads-first block: (..., Lq, D) pre-scaled queries, (..., Lk, D) x2 -> the (..., Lq, D) output and the
+  float32 (..., Lq, 1) log row sums; float32 softmax, divided by the row sums after the product with the values."""
   weights, row_max = _softmax_numerator(query, key)
   row_sums = jnp.sum(weights, axis=-1, keepdims=True)
   out = jnp.einsum('...qk,...kd->...qd', weights.astype(value.dtype), value, preferred_element_type=jnp.float32)
-  out = (out / row_sums).astype(query.dtype)
-  return out, (query, key, value, out, row_max + jnp.log(row_sums))
+  return (out / row_sums).astype(query.dtype), row_max + jnp.log(row_sums)
 
 
-def _heads_first_backward(residuals, d_out):
-  query, key, value, out, log_row_sums = residuals
+def _block_backward(query, key, value, out, log_row_sums, d_out):
+  """Gradients of one block from its inputs, output and log row sums: the (Lq, Lk) weights are recomputed, and
+  every product is ordered so that XLA:CPU runs it as a plain matrix product. float32 key / value gradients."""
   logits = jnp.einsum('...qd,...kd->...qk', query, key, preferred_element_type=jnp.float32)
   weights = jnp.exp(logits - log_row_sums)  # the softmax
   d_weights = jnp.einsum('...qd,...kd->...qk', d_out, value, preferred_element_type=jnp.float32)
@@ -139,12 +131,45 @@ def _heads_first_backward(residuals, d_out):
   d_logits = weights * (d_weights - jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1, keepdims=True))
   d_logits = d_logits.astype(query.dtype)
   d_query = jnp.einsum('...qk,...kd->...qd', d_logits, key, preferred_element_type=jnp.float32)
-  d_key = _sum_over_queries(query, d_logits)
   d_value = _sum_over_queries(d_out, weights.astype(d_out.dtype))
-  return d_query.astype(query.dtype), d_key.astype(key.dtype), d_value.astype(value.dtype)
+  return d_query.astype(query.dtype), _sum_over_queries(query, d_logits), d_value
 
 
-_heads_first_attention.defvjp(_heads_first_forward, _heads_first_backward)
+@jax.custom_vjp
+def _attention_over_chunks(queries: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """(chunks, ..., chunk, D) pre-scaled query chunks against (..., Lk, D) keys and values, one chunk at a time.
+
+  The backward pass is written out (flash-attention style): it keeps the queries, keys, values, output and log row
+  sums (all tokens x D: keys and values once, not once per chunk), and recomputes each chunk's weights.
+  """
+  return _over_chunks_forward(queries, key, value)[0]
+
+
+def _over_chunks_forward(queries, key, value):
+  out, log_row_sums = jax.lax.map(lambda chunk: _block_forward(chunk, key, value), queries)
+  return out, (queries, key, value, out, log_row_sums)
+
+
+def _over_chunks_backward(residuals, d_out):
+  queries, key, value, out, log_row_sums = residuals
+
+  def chunk_step(d_key_value, chunk):
+    d_query, d_key, d_value = _block_backward(chunk[0], key, value, *chunk[1:])
+    return (d_key_value[0] + d_key, d_key_value[1] + d_value), d_query
+
+  zeros = jnp.zeros(key.shape, jnp.float32)
+  (d_key, d_value), d_queries = jax.lax.scan(chunk_step, (zeros, zeros), (queries, out, log_row_sums, d_out))
+  return d_queries, d_key.astype(key.dtype), d_value.astype(value.dtype)
+
+
+_attention_over_chunks.defvjp(_over_chunks_forward, _over_chunks_backward)
+
+
+def _checkpointed_over_chunks(queries: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """The function of _attention_over_chunks by autodiff, each chunk under jax.checkpoint: off a CPU, XLA's own
+  backward, whose memory the README's table measures (the written-out one added 2.6 GiB per device to the CelebA
+  step on 2 devices with remat, though not to attention alone)."""
+  return jax.lax.map(jax.checkpoint(lambda chunk: _block_forward(chunk, key, value)[0]), queries)
 
 
 def _full_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
@@ -177,11 +202,8 @@ def _chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, image
   queries = padded.reshape(num_groups, images, num_chunks, chunk_size, num_heads, head_dim).transpose(0, 2, 1, 4, 3, 5)
   heads_first = lambda t: t.reshape(num_groups, images, key_len, num_heads, head_dim).transpose(0, 1, 3, 2, 4)
 
-  def attend_group(group):
-    group_queries, group_keys, group_values = group
-    return jax.lax.map(lambda chunk: _heads_first_attention(chunk, group_keys, group_values), group_queries)
-
-  out = jax.lax.map(attend_group, (queries, heads_first(key), heads_first(value)))
+  attend = _attention_over_chunks if _backend() == 'cpu' else _checkpointed_over_chunks
+  out = jax.lax.map(lambda group: attend(*group), (queries, heads_first(key), heads_first(value)))
   out = out.transpose(0, 2, 1, 4, 3, 5)
   return out.reshape(batch, num_chunks * chunk_size, num_heads, head_dim)[:, :query_len]
 

@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pdm_jax.models import strided_conv
+
 # Hidden widths of f_phi before its last conv (the reference: 64, 128, 256, then `prototype_dim`).
 _ENCODER_WIDTHS = (64, 128, 256)
 
@@ -30,10 +32,9 @@ class FeatureEncoder(nn.Module):
     x = images
     for i, width in enumerate(widths):
       normed = 0 < i < len(widths) - 1
-      # Explicit padding 1 matches torch's Conv2d(k=4, s=2, p=1): 'SAME' would pad asymmetrically. A bias
-      # before BatchNorm is cancelled by it (the reference keeps one): its gradient is pure rounding noise.
-      x = nn.Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=not normed,
-                  dtype=self.dtype, name=f'conv_{i}')(x)
+      # torch's Conv2d(k=4, s=2, p=1). A bias before BatchNorm is cancelled by it (the reference keeps one): its
+      # gradient is pure rounding noise.
+      x = strided_conv.Conv4x4Stride2(width, use_bias=not normed, dtype=self.dtype, name=f'conv_{i}')(x)
       if i == len(widths) - 1:
         break
       if normed:
