@@ -18,8 +18,9 @@ the FLOPs of one step. Batch default: the config's train.batch_size.
   The compile runs at LLVM optimisation level 0 (xla_backend_optimization_level): the same bytes, less compile time.
 
 --compare-torch: the JAX train step (fp32) and the PyTorch original's (scripts/torch_reference.py: forward, backward,
-clipping, AdamW) timed alternately in one process after a warm-up of both, plus one sampling network evaluation each;
-medians, torch / JAX time ratios (> 1: JAX is faster) and GFLOP/s from XLA's FLOP count of the JAX programs:
+clipping, AdamW) timed alternately in one process after a warm-up of both (each turn after one untimed step), plus
+one sampling network evaluation each; medians, torch / JAX time ratios (> 1: JAX is faster) and GFLOP/s from XLA's
+FLOP count of the JAX programs:
   python scripts/benchmark.py --compare-torch --batch=8,32
 """
 
