@@ -319,9 +319,8 @@ def compare_torch(config, batch_size: int, mesh) -> dict:
     trainer.eps(torch_x_t, torch_t, torch_ids)
 
   # Warm both up, then alternate them, so load from other processes falls on both sides alike. Each turn starts with
-  # one untimed step: the first step after the other side's pays page faults for the memory that side's allocations
-  # moved (measured: +1.2 s on JAX's batch-32 train step of 4.2 s, +0.25 s on torch's), which neither pays when
-  # training on its own.
+  # one untimed step: a JAX step right after a torch step ran up to 1.2 s slower (batch 32, 4.2 s otherwise), even
+  # after a 1 s pause and with the same page-fault count, a cost neither side pays when training on its own.
   load_before = os.getloadavg()[0]
   medians = {}
   for kind, pair in (('train', (jax_train, torch_train)), ('sample', (jax_sample, torch_sample))):
