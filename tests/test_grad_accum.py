@@ -83,9 +83,9 @@ def _relative_differences(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) ->
 
 # Adam's first update is g / (|g| + eps) per element: where |g| ~ eps (1e-8; a few kernel entries here), fp32
 # rounding of the gradient (summed in another order) moves the update by a visible part of the learning rate.
-# Measured: parameters and EMA up to 7e-5 of their leaf's max apart while the gradient moments (opt_state) agree to
-# 1e-5; a wrong update (two updates, a missed EMA) would be ~1e-2 apart.
-_TOLERANCES = {'state/params': 1e-4, 'state/ema_params': 1e-4, 'state/opt_state': 1e-5, 'state/step': 0.0,
+# Measured: parameters and EMA up to 1.02e-4 of their leaf's max apart (4 devices) while the gradient moments
+# (opt_state) agree to 1e-5; a wrong update (two updates, a missed EMA) would be ~1e-2 apart.
+_TOLERANCES = {'state/params': 2e-4, 'state/ema_params': 2e-4, 'state/opt_state': 1e-5, 'state/step': 0.0,
                'metrics': 1e-5, 'output': 1e-5}
 
 
@@ -103,10 +103,17 @@ def _assert_same_step(accumulated: dict[str, np.ndarray], whole: dict[str, np.nd
 def test_accumulated_step_equals_one_batch_step(tmp_path):
   """ddpm (no BatchNorm): 2 steps of 4 micro-batches of 8 = 2 steps of one batch of 32: params, Adam, EMA, metrics."""
   whole, _ = run_steps('ddpm', 1, str(tmp_path / 'whole'))
-  accumulated, _ = run_steps('ddpm', MICRO, str(tmp_path / 'accumulated'))
+  hlo = []
+  accumulated, _ = run_steps('ddpm', MICRO, str(tmp_path / 'accumulated'), hlo=hlo)
   _assert_same_step(accumulated, whole)
   # The update really moved the parameters (step 0 has a non-zero learning rate).
   assert float(whole['metrics0/learning_rate']) > 0
+  if jax.default_backend() == 'cpu':
+    # Every convolution of the scanned micro-batch step is one XLA:CPU runs as a library call (models/convolution.py):
+    # autodiff's own backward convolutions compiled to naive loops there and ran the step ~40x slower.
+    convolutions = [line for line in hlo[0].splitlines() if re.search(r'\bconvolution\(', line)]
+    assert convolutions and all('dim_labels=b01f_01io->b01f' in line and 'lhs_dilate' not in line
+                                for line in convolutions), convolutions
 
 
 def test_multi_device_accumulation_matches_one_batch_and_keeps_rows_local(tmp_path):

@@ -42,3 +42,23 @@ def test_parameters_and_initialisation_are_nn_conv_s():
   np.testing.assert_allclose(strided_conv.Conv4x4Stride2(6).apply(theirs, x),
                              nn.Conv(6, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1))).apply(theirs, x),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('padding', [1, 0])
+def test_3x3_downsampling_matches_nn_conv_outputs_gradients_and_parameters(padding):
+  # Downsample2D: torch's padding 1 (padding=1) or old diffusers checkpoints' bottom / right padding (padding=0).
+  flax_padding = ((1, 1), (1, 1)) if padding == 1 else ((0, 1), (0, 1))
+  theirs = nn.Conv(5, (3, 3), strides=(2, 2), padding=flax_padding)
+  x = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 6, 3))
+  params = theirs.init(jax.random.PRNGKey(6), x)
+  ours = strided_conv.Conv3x3Stride2(5, padding)
+  for got, want in zip(jax.tree.leaves(ours.init(jax.random.PRNGKey(6), x)), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(got, want)
+  weights = jax.random.normal(jax.random.PRNGKey(7), (2, 4, 3, 5))
+  loss = lambda module: lambda p, x: jnp.sum(module.apply(p, x) * weights)
+  np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
+                       jax.tree.leaves(jax.grad(loss(theirs), argnums=(0, 1))(params, x))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match='even heights and widths'):
+    ours.apply(params, jnp.ones((1, 7, 8, 3)))

@@ -134,7 +134,7 @@ class UNet2D(nn.Module):
     common = dict(attention_head_dim=self.attention_head_dim, norm_num_groups=self.norm_num_groups,
                   norm_eps=self.norm_eps, dropout=self.dropout, attention_impl=self.attention_impl,
                   attention_chunk_size=self.attention_chunk_size, remat=self.remat, dtype=self.dtype)
-    x = nn.Conv(channels[0], (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name='conv_in')(sample)
+    x = unet_blocks.conv3x3(channels[0], self.dtype, 'conv_in')(sample)
 
     # Down path; every block output is kept as a skip, as diffusers does.
     skips = [x]
@@ -163,6 +163,6 @@ class UNet2D(nn.Module):
           add_upsample=i < len(channels) - 1, name=f'up_blocks_{i}', **common)(x, block_skips, emb, train)
 
     x = unet_blocks.group_norm(self.norm_num_groups, self.norm_eps, self.dtype, 'conv_norm_out')(x)
-    x = nn.Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name='conv_out')(nn.silu(x))
+    x = unet_blocks.conv3x3(self.out_channels, self.dtype, 'conv_out')(nn.silu(x))
     # The loss and the samplers work in float32, whatever the compute dtype.
     return x.astype(jnp.float32)

@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from pdm_jax.models import attention
+from pdm_jax.models import convolution
 from pdm_jax.models import group_norm as group_norm_lib
+from pdm_jax.models import strided_conv
 
 
 def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, freq_shift=0.0, max_period=10000.0):
@@ -29,10 +31,9 @@ def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, freq_shift=0.0, max
   return emb
 
 
-def conv3x3(features, dtype, name, stride=1, padding=((1, 1), (1, 1))):
-  """3x3 conv, explicit padding: (B, H, W, C) -> (B, H/stride, W/stride, features)."""
-  # Explicit symmetric padding: 'SAME' pads stride-2 convs asymmetrically, which would not match torch's padding=1.
-  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=padding, dtype=dtype, name=name)
+def conv3x3(features, dtype, name):
+  """3x3 conv, padding 1: (B, H, W, C) -> (B, H, W, features); nn.Conv's parameters."""
+  return convolution.Conv(features, (3, 3), ((1, 1), (1, 1)), dtype=dtype, name=name)
 
 
 def group_norm(num_groups, eps, dtype, name):
@@ -79,7 +80,7 @@ class ResnetBlock2D(nn.Module):
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv3x3(self.out_channels, self.dtype, 'conv2')(h)
     if x.shape[-1] != self.out_channels:
-      x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name='conv_shortcut')(x)
+      x = convolution.Conv(self.out_channels, (1, 1), ((0, 0), (0, 0)), dtype=self.dtype, name='conv_shortcut')(x)
     return (x + h) / self.output_scale_factor
 
 
@@ -154,8 +155,7 @@ class Downsample2D(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    pad = ((1, 1), (1, 1)) if self.padding == 1 else ((0, 1), (0, 1))
-    return conv3x3(self.channels, self.dtype, 'conv', stride=2, padding=pad)(x)
+    return strided_conv.Conv3x3Stride2(self.channels, self.padding, self.dtype, name='conv')(x)
 
 
 class Upsample2D(nn.Module):
