@@ -1,6 +1,7 @@
 """Orbax checkpoints in <workdir>/checkpoints: periodic, last k kept, resumed automatically, model-checked."""
 
 import json
+import logging as std_logging
 import os
 from typing import Any
 
@@ -14,6 +15,18 @@ from pdm_jax.models import factory
 SIGNATURE_FILE = 'model_signature.json'
 # How many processes trained these checkpoints (absent in workdirs written before it was recorded).
 PROCESSES_FILE = 'processes.json'
+
+
+class QuietOrbaxInfo(std_logging.Filter):
+  """Drops orbax's INFO records (a screenful of manager options per run and lines per save, among our own progress
+  lines); its warnings and errors pass. Orbax logs through absl's logger, so the filter sits there."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+if not any(isinstance(f, QuietOrbaxInfo) for f in logging.get_absl_logger().filters):
+  logging.get_absl_logger().addFilter(QuietOrbaxInfo())
 
 
 def model_signature(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
