@@ -5,7 +5,6 @@ autodiff's two backward convolutions are not in it, and XLA rewrites them into i
 `lax.scan` (train.grad_accum_steps > 1) they were compiled as naive loops: the gradient of two 3x3 convolutions
 (32 x 32 x 32 x 128) took 12 s instead of 0.3 s. Here the backward pass is written out as two canonical
 convolutions, so every convolution of the step is a library one, in loops or not; the numbers are the same.
-A 1x1 kernel is a matrix product and is computed as one.
 """
 
 import functools
@@ -56,10 +55,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding | Sequence[Sequence
   with explicit ((top, bottom), (left, right)) zero padding; H' = H + top + bottom - kh + 1."""
   if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
     raise ValueError(f'conv2d takes (B, H, W, C) inputs and (kh, kw, C, O) kernels; got {x.shape} and {kernel.shape}.')
-  padding = tuple((int(a), int(b)) for a, b in padding)
-  if kernel.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
-    return jnp.einsum('bhwc,co->bhwo', x, kernel[0, 0])
-  return _conv(x, kernel, padding)
+  # 1x1 kernels too: forward + backward as convolutions ran 1-7% faster than as matrix products (32 x 32 x 32 x 384
+  # -> 128: 98.8 ms vs 102.8 ms).
+  return _conv(x, kernel, tuple((int(a), int(b)) for a, b in padding))
 
 
 class Conv(nn.Module):
