@@ -40,8 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   # The reference redraws a random prototype at every sampler step; we keep one per trajectory by default.
   config.model.redraw_prototype_each_step = False
   # Memory and speed (see README "Memory and speed"): compute dtype 'float32' | 'bfloat16' (parameters, optimizer
-  # state, losses, norm statistics and softmax stay float32); attention 'auto' | 'xla' | 'cudnn' | 'chunked' and its
-  # query chunk (None: sized to a 512 MiB logits budget); remat recomputes block activations in the backward pass.
+  # state, losses, norm statistics and softmax stay float32); attention 'auto' | 'xla' | 'cudnn' | 'cpu_fused' |
+  # 'chunked' and its query chunk (None: sized to a 512 MiB logits budget); remat recomputes block activations in
+  # the backward pass.
   config.model.dtype = 'float32'
   config.model.attention_impl = 'auto'
   config.model.attention_chunk_size = ml_collections.FieldReference(None, field_type=int)

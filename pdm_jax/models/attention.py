@@ -4,20 +4,26 @@ Implementations (`model.attention_impl`):
 - 'xla': plain XLA ops (the function of `jax.nn.dot_product_attention`'s 'xla' path, in fewer passes); builds the
   whole (B, heads, Lq, Lk) logits matrix.
 - 'cudnn': cuDNN flash attention through `jax.nn.dot_product_attention`; CUDA GPUs with bfloat16 / float16 only.
+- 'cpu_fused': a C++ kernel on XLA:CPU (pdm_jax/kernels/attention_cpu.cc, built on first use): each (image, head)
+  pair a task on XLA's thread pool, the weights never in memory, the backward recomputing them. CPU only.
 - 'chunked': blocks of images x query chunks whose backward pass recomputes each block's weights (on a CPU a
   written-out backward, elsewhere autodiff under `jax.checkpoint`), so forward and backward hold one
   (images, heads, chunk, Lk) block at a time: memory grows with tokens x chunk, not tokens^2. Any backend, any dtype.
-- 'auto': on a CPU 'chunked' with cache-sized blocks (CPU_BLOCK_BYTES); elsewhere 'xla' while the full logits fit
+- 'auto': on a CPU 'cpu_fused' if it builds and the program has one device (XLA cannot split the kernel's batch
+  across devices; it would gather the batch), else 'chunked' with cache-sized blocks (CPU_BLOCK_BYTES); elsewhere 'xla' while the full logits fit
   LOGITS_BUDGET_BYTES, else 'cudnn' where it can run, else 'chunked'.
 Softmax is always computed in float32, whatever the compute dtype.
 """
 
 import contextlib
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
-ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'chunked')
+from pdm_jax.kernels import attention_cpu
+
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'cpu_fused', 'chunked')
 # Float32 logits one attention block may hold at a time: 'auto' keeps full-matrix XLA attention below it, and
 # 'chunked' sizes its query chunks to it. 512 MiB keeps the reference's 16x16 attention (batch 32) in one piece.
 LOGITS_BUDGET_BYTES = 512 * 2**20
@@ -66,13 +72,27 @@ def resolve_impl(impl: str, query_shape: tuple[int, ...], key_len: int, dtype) -
   if impl != 'auto':
     return impl
   if _backend() == 'cpu':
-    return 'chunked'
+    return 'cpu_fused' if _cpu_kernel_usable() else 'chunked'
   batch, query_len, num_heads, _ = query_shape
   if logits_bytes(batch, query_len, key_len, num_heads) <= LOGITS_BUDGET_BYTES:
     return 'xla'
   if jax.default_backend() == 'gpu' and jnp.dtype(dtype) in map(jnp.dtype, _CUDNN_DTYPES):
     return 'cudnn'
   return 'chunked'
+
+
+_warned_unavailable = []
+
+
+def _cpu_kernel_usable() -> bool:
+  """Whether 'auto' takes the fused CPU kernel: it builds here and the computation has one device."""
+  if jax.device_count() != 1:
+    return False
+  reason = attention_cpu.unavailable_reason()
+  if reason is not None and not _warned_unavailable:
+    _warned_unavailable.append(reason)
+    logging.warning('Fused CPU attention unavailable (%s); using the chunked XLA path.', reason)
+  return reason is None
 
 
 def block_budget_bytes() -> int:
@@ -227,6 +247,11 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
       raise ValueError(f'model.attention_impl=cudnn needs a CUDA GPU and model.dtype=bfloat16 (here: '
                        f'{jax.default_backend()}, {jnp.dtype(query.dtype).name}): use auto, xla or chunked.')
     return jax.nn.dot_product_attention(query, key, value, implementation='cudnn')
+  if impl == 'cpu_fused':
+    if jax.default_backend() != 'cpu':
+      raise ValueError(f'model.attention_impl=cpu_fused runs on a CPU only (here: {jax.default_backend()}): use '
+                       'auto, xla, cudnn or chunked.')
+    return attention_cpu.attention(query, key, value)
   batch, query_len, num_heads, _ = query.shape
   if chunk_size:  # the user's query chunk, over the whole batch
     return _chunked_attention(query, key, value, batch, min(chunk_size, query_len))
