@@ -10,8 +10,8 @@ Implementations (`model.attention_impl`):
   written-out backward, elsewhere autodiff under `jax.checkpoint`), so forward and backward hold one
   (images, heads, chunk, Lk) block at a time: memory grows with tokens x chunk, not tokens^2. Any backend, any dtype.
 - 'auto': on a CPU 'cpu_fused' if it builds and the program has one device (XLA cannot split the kernel's batch
-  across devices; it would gather the batch), else 'chunked' with cache-sized blocks (CPU_BLOCK_BYTES); elsewhere 'xla' while the full logits fit
-  LOGITS_BUDGET_BYTES, else 'cudnn' where it can run, else 'chunked'.
+  across devices; it would gather the batch), else 'chunked' with cache-sized blocks (CPU_BLOCK_BYTES); elsewhere
+  'xla' while the full logits fit LOGITS_BUDGET_BYTES, else 'cudnn' where it can run, else 'chunked'.
 Softmax is always computed in float32, whatever the compute dtype.
 """
 
