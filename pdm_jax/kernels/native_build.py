@@ -46,6 +46,7 @@ def _cpu_signature() -> str:
 
 
 def compiler() -> str:
+  """The C++ compiler kernels are built with: $CXX, else g++."""
   return os.environ.get('CXX', 'g++')
 
 
