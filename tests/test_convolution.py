@@ -20,7 +20,7 @@ def _lax_conv(x, kernel, padding):
                                       precision='highest')
 
 
-@pytest.mark.parametrize('channels', [(5, 4), (3, 6)])
+@pytest.mark.parametrize('channels', [(5, 4), (3, 6), (5, 16)])  # 16 outputs: the C++ kernel gradient
 @pytest.mark.parametrize('kernel_size,padding', [
     ((3, 3), ((1, 1), (1, 1))), ((1, 1), ((0, 0), (0, 0))), ((2, 2), ((0, 0), (0, 0))), ((3, 2), ((2, 0), (1, 3))),
     ((1, 1), ((1, 0), (0, 1)))])
@@ -68,7 +68,11 @@ def _convolutions_of_scanned_gradient(conv) -> list[str]:
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a property of XLA:CPU compilation')
-def test_backward_pass_inside_a_scan_compiles_to_canonical_convolutions():
+def test_backward_pass_inside_a_scan_compiles_to_canonical_convolutions(monkeypatch):
+  # The C++ kernel gradient (tests/test_conv_weight_grad_kernel.py) leaves only forward-shaped convolutions.
+  with_kernel = _convolutions_of_scanned_gradient(convolution.conv2d)
+  assert len(with_kernel) >= 3 and all(_CANONICAL in line for line in with_kernel), with_kernel
+  monkeypatch.setenv('PDM_JAX_CPU_CONV_KERNEL', '0')  # XLA's route for the kernel gradient: canonical too
   ours = _convolutions_of_scanned_gradient(convolution.conv2d)
   assert len(ours) >= 4 and all(_CANONICAL in line for line in ours), ours  # 2 forward, 2 x 2 backward (some DCE'd)
   # The control: autodiff's backward pass is not canonical there (if XLA starts rewriting it, this module can go).

@@ -85,13 +85,15 @@ def test_console_script_is_main_py(installed):
       "error: Unknown model.type='gan': use one of ddpm, cddpm, protodiffusion, pdm, spdm.")
 
 
-def test_installed_package_ships_and_builds_the_cpu_attention_kernel(installed, tmp_path):
+def test_installed_package_ships_and_builds_the_cpu_kernels(installed, tmp_path):
   root, venv = installed
   code = ('import pathlib, pdm_jax.kernels.attention_cpu as k, pdm_jax.kernels.native_build as b;'
-          'print(pathlib.Path(b.__file__).with_name("attention_cpu.cc").is_file()); print(k.unavailable_reason())')
+          'import pdm_jax.kernels.conv_weight_grad_cpu as c;'
+          'print(pathlib.Path(b.__file__).with_name("attention_cpu.cc").is_file()); print(k.unavailable_reason());'
+          'print(c.unavailable_reason())')  # the convolution kernel includes the shipped parallel_for.h
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   env.update(PDM_JAX_KERNEL_CACHE=str(tmp_path), JAX_PLATFORMS='cpu')
   result = subprocess.run([str(venv / 'bin' / 'python'), '-c', code], cwd=root, env=env, capture_output=True,
                           text=True, timeout=300, check=False)
-  assert result.stdout.split() == ['True', 'None'], result.stdout + result.stderr[-2000:]
-  assert list(tmp_path.glob('attention_cpu-*.so'))
+  assert result.stdout.split() == ['True', 'None', 'None'], result.stdout + result.stderr[-2000:]
+  assert list(tmp_path.glob('attention_cpu-*.so')) and list(tmp_path.glob('conv_weight_grad_cpu-*.so'))

@@ -12,14 +12,12 @@
 // Inside a task a pair's keys and values are transposed to (D, Lk padded to kLanes) so that a row of logits is
 // computed kLanes keys at a time.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -116,29 +114,6 @@ void Untranspose(const Dims& dims, const std::vector<Vec>& in, int64_t b, int64_
     float* row = x + dims.Row(b, t, h, dims.key_len);
     for (int64_t d = 0; d < D; ++d) row[d] = i[d * padded + t];
   }
-}
-
-// Runs body(item, scratch) for item in [0, count) on the caller and XLA's pool. Tasks claim items from a shared
-// counter and the caller returns once every item is done. The pool may run a task late, after that, or on the
-// caller itself: a late task finds no item left and touches only the shared state it co-owns, never the buffers.
-template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t count, const Body& body) {
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, count, &body]() {
-    Scratch scratch;
-    for (int64_t item; (item = state->next.fetch_add(1)) < count;) {
-      body(item, scratch);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work]() { work(); });
-  work();
-  while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
 }
 
 // Per-dimension vectors: in registers when the head size kD is compiled in, else in scratch.
@@ -307,7 +282,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   if (ffi::Error error = CheckDims(q, k, v, scale, &dims); error.failure()) return error;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   float *op = out->typed_data(), *lp = log_sum_exp->typed_data();
-  ParallelFor(pool, dims.batch * dims.heads, [&](int64_t pair, Scratch& scratch) {
+  pdm_jax::ParallelFor<Scratch>(pool, dims.batch * dims.heads, [&](int64_t pair, Scratch& scratch) {
     ForHeadDim<ForwardKernel>(dims.head_dim, dims, pair, qp, kp, vp, op, lp, scratch);
   });
   return ffi::Error::Success();
@@ -322,7 +297,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data(), *op = out.typed_data();
   const float *lp = log_sum_exp.typed_data(), *dop = d_out.typed_data();
   float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
-  ParallelFor(pool, dims.batch * dims.heads, [&](int64_t pair, Scratch& scratch) {
+  pdm_jax::ParallelFor<Scratch>(pool, dims.batch * dims.heads, [&](int64_t pair, Scratch& scratch) {
     ForHeadDim<BackwardKernel>(dims.head_dim, dims, pair, qp, kp, vp, op, lp, dop, dqp, dkp, dvp, scratch);
   });
   return ffi::Error::Success();

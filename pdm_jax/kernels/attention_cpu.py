@@ -13,21 +13,13 @@ import numpy as np
 from pdm_jax.kernels import native_build
 
 _FORWARD, _BACKWARD = 'pdm_attention_cpu_forward', 'pdm_attention_cpu_backward'
-_state: dict[str, str | None] = {}  # 'reason': None once registered, else why the kernel is unavailable
 
 
 def unavailable_reason() -> str | None:
   """None when the kernel is built and registered in this process (building it on the first call), else a one-line
   reason. A failure is remembered: the build is not retried in this process."""
-  if 'reason' not in _state:
-    try:
-      library = native_build.load('attention_cpu.cc')
-      jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(library.PdmAttentionForward), platform='cpu')
-      jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(library.PdmAttentionBackward), platform='cpu')
-      _state['reason'] = None
-    except native_build.NativeBuildError as e:
-      _state['reason'] = str(e)
-  return _state['reason']
+  return native_build.register('attention_cpu.cc', ((_FORWARD, 'PdmAttentionForward'),
+                                                   (_BACKWARD, 'PdmAttentionBackward')))
 
 
 def attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:

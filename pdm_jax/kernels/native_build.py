@@ -2,9 +2,9 @@
 
 The source ships with the package, so `pip install` needs no compiler; the first process that needs a kernel builds
 it with the machine's C++ compiler (`CXX`, default g++) for this CPU (-march=native) and later ones load it. The
-cache key is the source, the flags, jaxlib's version and the CPU's model and feature flags, so a shared home
-directory on a cluster of different machines keeps one library per kind of CPU. The directory is
-`$PDM_JAX_KERNEL_CACHE`, else `$XDG_CACHE_HOME/pdm_jax/kernels`, else `~/.cache/pdm_jax/kernels`.
+cache key is the source and the kernels' shared headers, the flags, jaxlib's version and the CPU's model and feature
+flags, so a shared home directory on a cluster of different machines keeps one library per kind of CPU. The
+directory is `$PDM_JAX_KERNEL_CACHE`, else `$XDG_CACHE_HOME/pdm_jax/kernels`, else `~/.cache/pdm_jax/kernels`.
 """
 
 import ctypes
@@ -56,7 +56,8 @@ def load(source_name: str) -> ctypes.CDLL:
   it cannot be."""
   source = pathlib.Path(__file__).with_name(source_name)
   command = [compiler(), *_FLAGS, f'-I{jax.ffi.include_dir()}']
-  key = hashlib.sha256('\0'.join([source.read_text(), *command, jaxlib.__version__,
+  headers = [header.read_text() for header in sorted(source.parent.glob('*.h'))]
+  key = hashlib.sha256('\0'.join([source.read_text(), *headers, *command, jaxlib.__version__,
                                   _cpu_signature()]).encode()).hexdigest()[:16]
   library = cache_dir() / f'{source.stem}-{key}.so'
   if not library.exists():
@@ -77,3 +78,17 @@ def load(source_name: str) -> ctypes.CDLL:
     return ctypes.cdll.LoadLibrary(str(library))
   except OSError as e:
     raise NativeBuildError(f'cannot load {library}: {e}; delete it to rebuild') from e
+
+
+@functools.lru_cache(maxsize=None)
+def register(source_name: str, targets: tuple[tuple[str, str], ...]) -> str | None:
+  """Builds (or loads) pdm_jax/kernels/<source_name> and registers each (FFI target name, exported handler symbol)
+  for the CPU platform. None on success, else the one-line reason the kernel is unavailable; either is remembered,
+  so a failing build is not retried in this process."""
+  try:
+    library = load(source_name)
+  except NativeBuildError as e:
+    return str(e)
+  for target, symbol in targets:
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
+  return None

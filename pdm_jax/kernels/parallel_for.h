@@ -1,0 +1,41 @@
+// ParallelFor: the work-sharing loop of this package's XLA FFI kernels, on the thread pool XLA gives a handler.
+#ifndef PDM_JAX_KERNELS_PARALLEL_FOR_H_
+#define PDM_JAX_KERNELS_PARALLEL_FOR_H_
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace pdm_jax {
+
+// Runs body(item, scratch) for item in [0, count) on the caller and XLA's pool, with one default-constructed
+// Scratch (a task's reusable working memory) per task. Tasks claim items from a shared counter and the caller
+// returns once every item is done. The pool may run a task late, after that, or on the caller itself: a late task
+// finds no item left and touches only the shared state it co-owns, never the buffers.
+template <typename Scratch, typename Body>
+void ParallelFor(xla::ffi::ThreadPool& pool, int64_t count, const Body& body) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, count, &body]() {
+    Scratch scratch;
+    for (int64_t item; (item = state->next.fetch_add(1)) < count;) {
+      body(item, scratch);
+      state->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work]() { work(); });
+  work();
+  while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+}
+
+}  // namespace pdm_jax
+
+#endif  // PDM_JAX_KERNELS_PARALLEL_FOR_H_
