@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from pdm_jax import compilation_cache
 from pdm_jax import distributed
+from pdm_jax import huge_pages
 from pdm_jax import run
 from pdm_jax import workdir_lock
 from pdm_jax.training import checkpoints
@@ -112,6 +113,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def main():
   """Entry point of the `pdm-jax` console script and of main.py: parses the flags, then trains, samples or evaluates."""
+  huge_pages.restart_with_huge_pages()  # a no-op after main.py's own call
   # absl's --help prints the __main__ module's docstring and key flags; the console script's generated __main__ has
   # neither, so lend it ours (main.py keeps its own docstring).
   main_module = sys.modules['__main__']

@@ -20,8 +20,11 @@ the FLOPs of one step. Batch default: the config's train.batch_size.
 --compare-torch: the JAX train step (fp32) and the PyTorch original's (scripts/torch_reference.py: forward, backward,
 clipping, AdamW) timed alternately in one process after a warm-up of both (each turn after one untimed step), plus
 one sampling network evaluation each; medians, torch / JAX time ratios (> 1: JAX is faster) and GFLOP/s from XLA's
-FLOP count of the JAX programs:
+FLOP count of the network (the JAX programs compiled with XLA's routes in place of the C++ kernels):
   python scripts/benchmark.py --compare-torch --batch=8,32
+
+Like main.py, the script restarts itself with transparent huge pages for glibc's large allocations where Linux
+grants them (pdm_jax/huge_pages.py; PDM_JAX_HUGE_PAGES=0 to compare); torch, in the same process, gets them too.
 """
 
 import os
@@ -46,6 +49,10 @@ if _FORCED_DEVICES and 'xla_force_host_platform_device_count' not in os.environ.
 _SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_SCRIPTS_DIR))
 sys.path.insert(0, _SCRIPTS_DIR)
+from pdm_jax import huge_pages  # pylint: disable=g-import-not-at-top
+
+if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()  # before jax or torch load: glibc reads its tunables only at start
 if any(arg.startswith('--compare-torch') for arg in sys.argv[1:]):
   # torchvision / triton segfault when loaded after TensorFlow or jaxlib: the torch side is imported first.
   try:
@@ -179,6 +186,31 @@ def _flops(compiled) -> float:
   return float((cost or {}).get('flops', 0.0))
 
 
+def _network_flops(config, batch_size: int, mesh, sample_inputs) -> dict[str, float]:
+  """FLOPs of the train step and one sampling evaluation by XLA's cost analysis, compiled with XLA's own route in
+  place of each C++ kernel (attention 'xla', PDM_JAX_CPU_CONV_KERNEL=0): the analysis cannot see into a kernel's
+  custom call, so the programs that run would count ~30% fewer FLOPs than the network has."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.attention_impl = 'xla'
+  previous = os.environ.get('PDM_JAX_CPU_CONV_KERNEL')
+  os.environ['PDM_JAX_CPU_CONV_KERNEL'] = '0'
+  try:
+    experiment = _experiment(config, batch_size, mesh)
+    state = loop.initial_state(experiment)
+    batch = sharding.global_batch(_synthetic_batch(config, batch_size), mesh)
+    train = _flops(_make_step(experiment).lower(state, batch).compile()) * mesh.size
+    model = experiment.model
+    eps = jax.jit(lambda params, x, t, ids: model.apply({'params': params}, x, t, prototype_ids=ids)[0],
+                  compiler_options=xla_options.compiler_options())
+    sample = _flops(eps.lower(state.params, *sample_inputs).compile())
+  finally:
+    if previous is None:
+      del os.environ['PDM_JAX_CPU_CONV_KERNEL']
+    else:
+      os.environ['PDM_JAX_CPU_CONV_KERNEL'] = previous
+  return dict(train=train, sample=sample)
+
+
 def _gib(num_bytes: int) -> float:
   return round(num_bytes / GIB, 3)
 
@@ -251,7 +283,7 @@ def measure_throughput(config, batch_size: int, mesh) -> dict:
   return dict(
       model_type=config.model.type, image_size=config.data.image_size, batch=batch_size, devices=mesh.size,
       backend=jax.default_backend(), **_model_settings(config),
-      xla_tuning=xla_options.compiler_options() is not None,
+      xla_tuning=xla_options.compiler_options() is not None, huge_pages=huge_pages.active(),
       seconds_per_step=round(seconds, 5),
       images_per_second=round(batch_size / seconds, 2), compile_seconds=round(compile_seconds, 2),
       parameters=state_lib.count_parameters(params),
@@ -334,14 +366,14 @@ def compare_torch(config, batch_size: int, mesh) -> dict:
     for side in durations:
       medians[f'{side}_{kind}'] = statistics.median(durations[side])
 
-  flops = dict(train=_flops(jax_step) * mesh.size, sample=_flops(jax_eps))
+  flops = _network_flops(config, batch_size, mesh, sample_inputs)
   result = dict(
       mode='compare_torch', config=_config_name(), model_type=config.model.type,
       image_size=config.data.image_size, batch=batch_size, devices=mesh.size, backend=jax.default_backend(),
       torch_threads=torch.get_num_threads(), cores=_cores(), steps=FLAGS.steps,
       # Other processes' load skews both sides (torch's the more): above ~cores, the numbers are noise.
       load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)], **_model_settings(config),
-      xla_tuning=xla_options.compiler_options() is not None)
+      xla_tuning=xla_options.compiler_options() is not None, huge_pages=huge_pages.active())
   for kind in ('train', 'sample'):
     jax_seconds, torch_seconds = medians[f'jax_{kind}'], medians[f'torch_{kind}']
     result.update({
@@ -353,8 +385,9 @@ def compare_torch(config, batch_size: int, mesh) -> dict:
       jax_compile_seconds=round(compile_seconds, 2),
       jax_parameters=state_lib.count_parameters(sample_params),
       torch_parameters=torch_reference.count_parameters(torch_model),
-      note=('*_torch_over_jax > 1: JAX is faster. FLOPs are XLA cost_analysis counts of the JAX programs, used for '
-            'both sides (the same network). The JAX step also updates an EMA of the parameters and computes norms; '
+      note=('*_torch_over_jax > 1: JAX is faster. FLOPs are XLA cost_analysis counts of the JAX programs with XLA '
+            'routes in place of the C++ kernels (which the analysis cannot see into), used for both sides (the same '
+            'network). The JAX step also updates an EMA of the parameters and computes norms; '
             'torch_parameters - jax_parameters are the f_phi conv biases before BatchNorm, which ours drops. '
             'load_average: 1-minute load before and after the timed steps; above the core count, times are noise.'))
   return result

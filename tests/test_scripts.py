@@ -73,6 +73,7 @@ def test_benchmark_compare_torch_prints_both_sides():
   (row,) = _benchmark_rows(['--compare-torch', '--config=tests/tiny_cli_config.py:pdm', '--batch=4', '--steps=2',
                             '--warmup=1', '--allow_few_steps'], env)
   assert (row['batch'], row['model_type'], row['steps']) == (4, 'pdm', 2)
+  assert isinstance(row['huge_pages'], bool)
   for kind in ('train', 'sample'):
     jax_seconds, torch_seconds = row[f'jax_{kind}_seconds'], row[f'torch_{kind}_seconds']
     assert jax_seconds > 0 and torch_seconds > 0, row
