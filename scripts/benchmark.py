@@ -77,6 +77,7 @@ from ml_collections import config_flags
 
 from pdm_jax import data
 from pdm_jax import xla_options
+from pdm_jax.kernels import conv_weight_grad_cpu
 from pdm_jax.models import attention
 from pdm_jax.models import kinds
 from pdm_jax.training import loop
@@ -186,28 +187,24 @@ def _flops(compiled) -> float:
   return float((cost or {}).get('flops', 0.0))
 
 
+def _eps_program(model):
+  """One sampling-time network evaluation, (params, x_t, t, prototype ids) -> eps, jitted as the samplers are."""
+  return jax.jit(lambda params, x, t, ids: model.apply({'params': params}, x, t, prototype_ids=ids)[0],
+                 compiler_options=xla_options.compiler_options())
+
+
 def _network_flops(config, batch_size: int, mesh, sample_inputs) -> dict[str, float]:
   """FLOPs of the train step and one sampling evaluation by XLA's cost analysis, compiled with XLA's own route in
-  place of each C++ kernel (attention 'xla', PDM_JAX_CPU_CONV_KERNEL=0): the analysis cannot see into a kernel's
-  custom call, so the programs that run would count ~30% fewer FLOPs than the network has."""
+  place of each C++ kernel (attention 'xla', the convolution's XLA kernel gradient): the analysis cannot see into a
+  kernel's custom call, so the programs that run would count ~30% fewer FLOPs than the network has."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.attention_impl = 'xla'
-  previous = os.environ.get('PDM_JAX_CPU_CONV_KERNEL')
-  os.environ['PDM_JAX_CPU_CONV_KERNEL'] = '0'
-  try:
-    experiment = _experiment(config, batch_size, mesh)
-    state = loop.initial_state(experiment)
-    batch = sharding.global_batch(_synthetic_batch(config, batch_size), mesh)
+  experiment = _experiment(config, batch_size, mesh)
+  state = loop.initial_state(experiment)
+  batch = sharding.global_batch(_synthetic_batch(config, batch_size), mesh)
+  with conv_weight_grad_cpu.xla_route():
     train = _flops(_make_step(experiment).lower(state, batch).compile()) * mesh.size
-    model = experiment.model
-    eps = jax.jit(lambda params, x, t, ids: model.apply({'params': params}, x, t, prototype_ids=ids)[0],
-                  compiler_options=xla_options.compiler_options())
-    sample = _flops(eps.lower(state.params, *sample_inputs).compile())
-  finally:
-    if previous is None:
-      del os.environ['PDM_JAX_CPU_CONV_KERNEL']
-    else:
-      os.environ['PDM_JAX_CPU_CONV_KERNEL'] = previous
+    sample = _flops(_eps_program(experiment.model).lower(state.params, *sample_inputs).compile())
   return dict(train=train, sample=sample)
 
 
@@ -225,8 +222,9 @@ def measure_memory(config, batch_size: int, mesh) -> dict:
   batch = {key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=split)
            for key, value in _synthetic_batch(config, batch_size).items()}
   start = time.perf_counter()
-  # A GPU's attention choices ('auto': full-matrix while the logits fit, else chunked), not a CPU's cache blocks.
-  with attention.resolve_auto_as('gpu'):
+  # A GPU's attention choices ('auto': full-matrix while the logits fit, else chunked), not a CPU's cache blocks,
+  # and no CPU kernels (XLA's FLOP count cannot see into them).
+  with attention.resolve_auto_as('gpu'), conv_weight_grad_cpu.xla_route():
     lowered = _make_step(experiment).lower(state, batch)
   lower_seconds = time.perf_counter() - start
   options = dict(MEMORY_COMPILER_OPTIONS)
@@ -310,7 +308,7 @@ def compare_torch(config, batch_size: int, mesh) -> dict:
   experiment = _experiment(config, batch_size, mesh)
   numpy_batch = _synthetic_batch(config, batch_size)
 
-  # JAX: the train step and one sampling-time network evaluation, compiled ahead so XLA's FLOP counts are at hand.
+  # JAX: the train step and one sampling-time network evaluation, compiled ahead of the timing.
   state = loop.initial_state(experiment)
   batch = sharding.global_batch(numpy_batch, mesh)
   start = time.perf_counter()
@@ -323,9 +321,7 @@ def compare_torch(config, batch_size: int, mesh) -> dict:
   t = rng.integers(0, config.diffusion.num_timesteps, batch_size).astype(np.int32)
   ids = rng.integers(0, model.num_prototypes, batch_size).astype(np.int32)
   sample_inputs = jax.device_put((x_t, t, ids))
-  jax_eps = jax.jit(lambda params, x, t, ids: model.apply({'params': params}, x, t, prototype_ids=ids)[0],
-                    compiler_options=xla_options.compiler_options())
-  jax_eps = jax_eps.lower(sample_params, *sample_inputs).compile()
+  jax_eps = _eps_program(model).lower(sample_params, *sample_inputs).compile()
 
   # torch: the reference with its own initialisation (timing does not depend on the weights' values).
   torch.manual_seed(0)

@@ -12,7 +12,6 @@ the reference's train step. `PDM_JAX_CPU_CONV_KERNEL=0` in the environment keeps
 """
 
 import functools
-import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -46,7 +45,7 @@ def _conv_backward(padding, residuals, dy):
   # that restores x's size.
   dx = _canonical_conv(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2),
                        ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
-  if os.environ.get('PDM_JAX_CPU_CONV_KERNEL', '1') != '0' and conv_weight_grad_cpu.usable(x, dy):
+  if conv_weight_grad_cpu.usable(x, dy):
     dkernel = conv_weight_grad_cpu.weight_grad(x, dy, (kh, kw), top, left)
   else:
     # Kernel gradient: x with its channels as the batch against dy with its images as the input channels; the
