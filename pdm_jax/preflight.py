@@ -84,7 +84,7 @@ def check(config: ml_collections.ConfigDict, mode: str, workdir: str | None = No
   model is; training checks them here, from the config and data.describe.
   """
   schedule = check_diffusion(config)
-  sampling.check_options(schedule, config.sample.method, config.sample.num_steps)
+  sampling.check_options(schedule, config.sample.method, config.sample.num_steps, prefix='sample.')
   if mode == 'inspect':
     check_inspect(config)
   if mode == 'eval':

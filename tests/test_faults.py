@@ -192,8 +192,8 @@ BAD_INPUTS = [
     ('diffusion.beta_end', 2.0, 'must satisfy 0 < beta_start < beta_end < 1'),
     ('model.dtype', 'float16', "model.dtype='float16' is not supported"),
     ('model.attention_impl', 'flash', "model.attention_impl='flash' is unknown"),
-    ('sample.method', 'euler', "Unknown sampling method 'euler'"),
-    ('sample.num_steps', 51, r'num_steps must be an int in [1, 50]'),
+    ('sample.method', 'euler', "Unknown sampling method sample.method='euler'"),
+    ('sample.num_steps', 51, r'sample.num_steps must be an int in [1, 50]'),
     ('sample.label', 10, 'sample.label=10 is out of range: the model has classes 0..9'),
     ('sample.num_samples', 0, 'sample.num_samples=0 must be at least 1'),
 ]

@@ -70,9 +70,9 @@ def test_train_then_sample_from_the_command_line(tmp_path):
     ('--config.data.name=mnist', "unknown dataset data.name='mnist'"),
     ('--config.data.use_labels=False', 'needs labels'),
     # Sample settings are checked before training, not after it.
-    ('--config.sample.method=ddpn', "Unknown sampling method 'ddpn'"),
+    ('--config.sample.method=ddpn', "Unknown sampling method sample.method='ddpn'"),
     ('--config.sample.label=10', r'sample.label=10 is out of range'),
-    ('--config.sample.num_steps=51', 'num_steps must be an int in [1, 50]'),
+    ('--config.sample.num_steps=51', 'sample.num_steps must be an int in [1, 50]'),
 ])
 def test_bad_input_stops_with_one_line(tmp_path, override, expected):
   result = _main('--config=tests/tiny_cli_config.py:spdm', f'--workdir={tmp_path}', override, check=False)
@@ -136,11 +136,11 @@ def test_sampling_errors_name_the_fix(tmp_path):
     run.sample(config, str(tmp_path))
   config.sample.label = None
   config.sample.method = 'euler'
-  with pytest.raises(ValueError, match='Unknown sampling method'):
+  with pytest.raises(ValueError, match="Unknown sampling method sample.method='euler'"):
     run.sample(config, str(tmp_path))
   config.sample.method = 'ddim'
   config.sample.num_steps = 51
-  with pytest.raises(ValueError, match=r'num_steps must be an int in \[1, 50\]'):
+  with pytest.raises(ValueError, match=r'sample\.num_steps must be an int in \[1, 50\]'):
     run.sample(config, str(tmp_path))
   other = tiny_config('pdm', num_steps=2)
   with pytest.raises(checkpoints.CheckpointError, match='different model'):

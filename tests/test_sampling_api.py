@@ -112,6 +112,15 @@ def test_bad_input(schedule):
     sampling.sample(eps_fn, schedule, (1, 2, 2, 1), rng, 'pf', ode_rtol=0.0)
 
 
+def test_check_options_names_the_config_field_when_given_a_prefix(schedule):
+  with pytest.raises(ValueError, match=r"^Unknown sampling method 'euler'"):  # the Python API: argument names
+    sampling.check_options(schedule, 'euler')
+  with pytest.raises(ValueError, match=r"^Unknown sampling method sample\.method='euler'"):
+    sampling.check_options(schedule, 'euler', prefix='sample.')
+  with pytest.raises(ValueError, match=r'^sample\.num_steps must be an int in \[1, 100\]'):
+    sampling.check_options(schedule, 'ddim', 101, prefix='sample.')
+
+
 @pytest.mark.parametrize('method', ['fon', 'pf'])
 def test_continuous_solvers_pass_float_timesteps_in_range(schedule, method):
   seen = []

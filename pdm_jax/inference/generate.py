@@ -33,7 +33,7 @@ def sample_choice(model, sample_config: ml_collections.ConfigDict) -> int | None
 
 def check_sample_config(model, schedule: diffusion.Schedule, sample_config: ml_collections.ConfigDict) -> None:
   """One-line ValueErrors for sample.* settings that sampling would refuse, so a run can stop before training."""
-  sampling.check_options(schedule, sample_config.method, sample_config.num_steps)
+  sampling.check_options(schedule, sample_config.method, sample_config.num_steps, prefix='sample.')
   for field in ('num_samples', 'batch_size'):
     if sample_config[field] < 1:
       raise ValueError(f'sample.{field}={sample_config[field]} must be at least 1.')

@@ -17,19 +17,23 @@ from pdm_jax.sampling.timesteps import make_timesteps
 METHODS = ('ddpm', 'ddim', 's-pndm', 'f-pndm', 'fon', 'pf')
 
 
-def check_options(schedule, method: str, num_steps=None, eta: float = 0.0, variance: str = 'beta_tilde') -> None:
-  """Raises a one-line ValueError for options `sample` would refuse (to check them before a long run)."""
+def check_options(schedule, method: str, num_steps=None, eta: float = 0.0, variance: str = 'beta_tilde',
+                  prefix: str = '') -> None:
+  """Raises a one-line ValueError for options `sample` would refuse (to check them before a long run). `prefix`
+  ('sample.' for a config's fields) names the setting to change in the message."""
   if not isinstance(schedule, Schedule):
     raise ValueError(f'schedule must be a pdm_jax.diffusion.Schedule, got {type(schedule).__name__}.')
   if method not in METHODS:
-    raise ValueError(f'Unknown sampling method {method!r}; use one of {METHODS}.')
+    setting = f'{prefix}method=' if prefix else ''
+    raise ValueError(f'Unknown sampling method {setting}{method!r}; use one of {METHODS}.')
   total = schedule.num_timesteps
   if num_steps is not None and (not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= total):
-    raise ValueError(f'num_steps must be an int in [1, {total}] (the schedule length) or None, got {num_steps!r}.')
+    raise ValueError(f'{prefix}num_steps must be an int in [1, {total}] (the schedule length) or None, got '
+                     f'{num_steps!r}.')
   if variance not in VARIANCES:
-    raise ValueError(f'Unknown variance {variance!r}; use one of {VARIANCES}.')
+    raise ValueError(f'Unknown {prefix}variance {variance!r}; use one of {VARIANCES}.')
   if isinstance(eta, (int, float)) and eta < 0:
-    raise ValueError(f'eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta}.')
+    raise ValueError(f'{prefix}eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta}.')
 
 
 def sample_from_noise(eps_fn, schedule: Schedule, x_T: jnp.ndarray, rng=None, method: str = 'ddpm',
