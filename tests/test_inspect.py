@@ -66,6 +66,22 @@ def test_inspect_writes_four_pictures(inspected):
   assert sizes['samples_per_prototype.png'][1] >= 4 * 45
 
 
+def test_restore_latest_opens_one_checkpointer(pdm_run, monkeypatch):
+  config, workdir, _ = pdm_run
+  opened = []
+  original = restore.checkpoints.Checkpointer
+
+  def counting(*args, **kwargs):
+    opened.append(original(*args, **kwargs))
+    return opened[-1]
+
+  monkeypatch.setattr(restore.checkpoints, 'Checkpointer', counting)
+  monkeypatch.setattr(restore.loop.checkpoints, 'Checkpointer', counting)
+  experiment, state = restore.restore_latest(config, workdir)
+  experiment.checkpointer.close()
+  assert opened == [experiment.checkpointer] and int(state.step) == 4
+
+
 def test_report_shares_match_a_recount_of_the_dataset(inspected):
   config, workdir, returned = inspected
   with open(os.path.join(workdir, 'inspect', 'report.json')) as f:

@@ -26,13 +26,9 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, mesh=None
   """(experiment, state of the latest checkpoint in workdir); FileNotFoundError naming the fix if there is none."""
   checkpoints.check_has_checkpoint(workdir)  # before the Checkpointer, which would create the folder
   checkpointer = checkpoints.Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
-  try:
-    info = dataset_info(config, checkpointer)
-  finally:
-    checkpointer.close()
-  experiment = loop.build_experiment(config, workdir, info, mesh)
-  try:
+  try:  # one Checkpointer serves both: the data description it records, then the experiment's state
+    experiment = loop.build_experiment(config, workdir, dataset_info(config, checkpointer), mesh, checkpointer)
     return experiment, loop.initial_state(experiment)
   except BaseException:
-    experiment.checkpointer.close()
+    checkpointer.close()
     raise

@@ -51,14 +51,16 @@ def run_keys(seed: int) -> dict[str, jax.Array]:
 
 
 def build_experiment(config: ml_collections.ConfigDict, workdir: str, info: data.DatasetInfo,
-                     mesh=None) -> Experiment:
-  """Model, schedule, optimizer and checkpointer for `config` on data described by `info`."""
+                     mesh=None, checkpointer: checkpoints.Checkpointer | None = None) -> Experiment:
+  """Model, schedule, optimizer and checkpointer for `config` on data described by `info`. `checkpointer`: one
+  already open on workdir to use (else one is opened here)."""
   mesh = sharding.data_mesh() if mesh is None else mesh
   model = factory.build_model(config.model, image_size=info.image_size, num_channels=info.num_channels,
                               num_classes=info.num_classes, null_class=factory.has_null_class(config))
   schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
                                      config.diffusion.beta_start, config.diffusion.beta_end)
-  checkpointer = checkpoints.Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
+  if checkpointer is None:
+    checkpointer = checkpoints.Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
   return Experiment(config=config, model=model, schedule=schedule, info=info, mesh=mesh, checkpointer=checkpointer,
                     tx=optimizer.make_optimizer(config.train, prototype_classifier.frozen_parameters(config)),
                     learning_rate_fn=optimizer.learning_rate_schedule(config.train))
