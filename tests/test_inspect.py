@@ -75,8 +75,7 @@ def test_restore_latest_opens_one_checkpointer(pdm_run, monkeypatch):
     opened.append(original(*args, **kwargs))
     return opened[-1]
 
-  monkeypatch.setattr(restore.checkpoints, 'Checkpointer', counting)
-  monkeypatch.setattr(restore.loop.checkpoints, 'Checkpointer', counting)
+  monkeypatch.setattr(restore.checkpoints, 'Checkpointer', counting)  # the module loop.py uses too
   experiment, state = restore.restore_latest(config, workdir)
   experiment.checkpointer.close()
   assert opened == [experiment.checkpointer] and int(state.step) == 4
