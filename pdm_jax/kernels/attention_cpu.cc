@@ -18,22 +18,19 @@
 #include <vector>
 
 #include "parallel_for.h"
+#include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using pdm_jax::kLanes;
+using pdm_jax::Load;
+using pdm_jax::Store;
+using pdm_jax::Vec;
 
 namespace {
 
-constexpr int64_t kLanes = 16;  // one AVX-512 register; GCC splits it where the machine has narrower vectors
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-inline Vec Load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 inline Vec Splat(float x) { return Vec{} + x; }
 inline Vec Max(Vec a, Vec b) { return a > b ? a : b; }
 inline float HorizontalSum(Vec v) {

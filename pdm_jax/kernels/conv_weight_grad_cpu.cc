@@ -23,21 +23,17 @@
 #include <vector>
 
 #include "parallel_for.h"
+#include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using pdm_jax::kLanes;
+using pdm_jax::Load;
+using pdm_jax::Store;
+using pdm_jax::Vec;
 
 namespace {
 
-constexpr int64_t kLanes = 16;
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
-
-inline Vec Load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 // x in every lane, as one broadcast instruction (Vec{} + x would add 0 first: it is not x for x = -0).
 template <size_t... lane>
 inline Vec SplatLanes(float x, std::index_sequence<lane...>) {
