@@ -77,7 +77,7 @@ from ml_collections import config_flags
 
 from pdm_jax import data
 from pdm_jax import xla_options
-from pdm_jax.kernels import conv_weight_grad_cpu
+from pdm_jax.kernels import conv_route
 from pdm_jax.models import attention
 from pdm_jax.models import kinds
 from pdm_jax.training import loop
@@ -195,14 +195,14 @@ def _eps_program(model):
 
 def _network_flops(config, batch_size: int, mesh, sample_inputs) -> dict[str, float]:
   """FLOPs of the train step and one sampling evaluation by XLA's cost analysis, compiled with XLA's own route in
-  place of each C++ kernel (attention 'xla', the convolution's XLA kernel gradient): the analysis cannot see into a
-  kernel's custom call, so the programs that run would count ~30% fewer FLOPs than the network has."""
+  place of each C++ kernel (attention 'xla', XLA's convolutions): the analysis cannot see into a kernel's custom
+  call, so the programs that run would count most of the network's FLOPs out."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.attention_impl = 'xla'
   experiment = _experiment(config, batch_size, mesh)
   state = loop.initial_state(experiment)
   batch = sharding.global_batch(_synthetic_batch(config, batch_size), mesh)
-  with conv_weight_grad_cpu.xla_route():
+  with conv_route.xla_route():
     train = _flops(_make_step(experiment).lower(state, batch).compile()) * mesh.size
     sample = _flops(_eps_program(experiment.model).lower(state.params, *sample_inputs).compile())
   return dict(train=train, sample=sample)
@@ -224,7 +224,7 @@ def measure_memory(config, batch_size: int, mesh) -> dict:
   start = time.perf_counter()
   # A GPU's attention choices ('auto': full-matrix while the logits fit, else chunked), not a CPU's cache blocks,
   # and no CPU kernels (XLA's FLOP count cannot see into them).
-  with attention.resolve_auto_as('gpu'), conv_weight_grad_cpu.xla_route():
+  with attention.resolve_auto_as('gpu'), conv_route.xla_route():
     lowered = _make_step(experiment).lower(state, batch)
   lower_seconds = time.perf_counter() - start
   options = dict(MEMORY_COMPILER_OPTIONS)
@@ -383,7 +383,8 @@ def compare_torch(config, batch_size: int, mesh) -> dict:
       torch_parameters=torch_reference.count_parameters(torch_model),
       note=('*_torch_over_jax > 1: JAX is faster. FLOPs are XLA cost_analysis counts of the JAX programs with XLA '
             'routes in place of the C++ kernels (which the analysis cannot see into), used for both sides (the same '
-            'network). The JAX step also updates an EMA of the parameters and computes norms; '
+            'network): a direct convolution\'s count, so for JAX\'s Winograd convolutions, which multiply less, '
+            'GFLOP/s are direct-convolution equivalents. The JAX step also updates an EMA of the parameters and computes norms; '
             'torch_parameters - jax_parameters are the f_phi conv biases before BatchNorm, which ours drops. '
             'load_average: 1-minute load before and after the timed steps; above the core count, times are noise.'))
   return result

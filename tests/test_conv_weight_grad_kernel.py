@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pdm_jax.kernels import conv_route
 from pdm_jax.kernels import conv_weight_grad_cpu
 from pdm_jax.models import convolution
 
@@ -72,7 +73,7 @@ def test_conv2d_gradient_uses_the_kernel_and_agrees_with_xla_s_route(monkeypatch
   lowered = jax.jit(jax.grad(lambda k: jnp.sum(convolution.conv2d(x, k, padding) * weights))).lower(kernel)
   assert 'pdm_conv_weight_grad' in lowered.as_text()
   ours = _grads(x, kernel, padding, weights)
-  with conv_weight_grad_cpu.xla_route():  # what benchmark.py's FLOP counts and --memory compile
+  with conv_route.xla_route():  # what benchmark.py's FLOP counts and --memory compile
     lowered = jax.jit(jax.grad(lambda k: jnp.sum(convolution.conv2d(x, k, padding) * weights))).lower(kernel)
   assert 'pdm_conv_weight_grad' not in lowered.as_text()
   monkeypatch.setenv('PDM_JAX_CPU_CONV_KERNEL', '0')

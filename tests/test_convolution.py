@@ -69,9 +69,10 @@ def _convolutions_of_scanned_gradient(conv) -> list[str]:
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a property of XLA:CPU compilation')
 def test_backward_pass_inside_a_scan_compiles_to_canonical_convolutions(monkeypatch):
-  # The C++ kernel gradient (tests/test_conv_weight_grad_kernel.py) leaves only forward-shaped convolutions.
+  # The C++ kernels (tests/test_conv_weight_grad_kernel.py, tests/test_winograd_kernel.py) take some of them; the
+  # rest are forward-shaped (here the 32 -> 48 forward convolution and the input gradient into its 48 channels).
   with_kernel = _convolutions_of_scanned_gradient(convolution.conv2d)
-  assert len(with_kernel) >= 3 and all(_CANONICAL in line for line in with_kernel), with_kernel
+  assert len(with_kernel) >= 2 and all(_CANONICAL in line for line in with_kernel), with_kernel
   monkeypatch.setenv('PDM_JAX_CPU_CONV_KERNEL', '0')  # XLA's route for the kernel gradient: canonical too
   ours = _convolutions_of_scanned_gradient(convolution.conv2d)
   assert len(ours) >= 4 and all(_CANONICAL in line for line in ours), ours  # 2 forward, 2 x 2 backward (some DCE'd)

@@ -88,12 +88,13 @@ def test_console_script_is_main_py(installed):
 def test_installed_package_ships_and_builds_the_cpu_kernels(installed, tmp_path):
   root, venv = installed
   code = ('import pathlib, pdm_jax.kernels.attention_cpu as k, pdm_jax.kernels.native_build as b;'
-          'import pdm_jax.kernels.conv_weight_grad_cpu as c;'
+          'import pdm_jax.kernels.conv_weight_grad_cpu as c, pdm_jax.kernels.winograd_cpu as w;'
           'print(pathlib.Path(b.__file__).with_name("attention_cpu.cc").is_file()); print(k.unavailable_reason());'
-          'print(c.unavailable_reason())')  # the convolution kernel includes the shipped parallel_for.h
+          'print(c.unavailable_reason()); print(w.unavailable_reason())')  # they include the shipped headers
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   env.update(PDM_JAX_KERNEL_CACHE=str(tmp_path), JAX_PLATFORMS='cpu')
   result = subprocess.run([str(venv / 'bin' / 'python'), '-c', code], cwd=root, env=env, capture_output=True,
                           text=True, timeout=300, check=False)
-  assert result.stdout.split() == ['True', 'None', 'None'], result.stdout + result.stderr[-2000:]
-  assert list(tmp_path.glob('attention_cpu-*.so')) and list(tmp_path.glob('conv_weight_grad_cpu-*.so'))
+  assert result.stdout.split() == ['True', 'None', 'None', 'None'], result.stdout + result.stderr[-2000:]
+  for kernel in ('attention_cpu', 'conv_weight_grad_cpu', 'winograd_cpu'):
+    assert list(tmp_path.glob(f'{kernel}-*.so')), kernel

@@ -29,17 +29,11 @@
 namespace ffi = xla::ffi;
 using pdm_jax::kLanes;
 using pdm_jax::Load;
+using pdm_jax::Splat;
 using pdm_jax::Store;
 using pdm_jax::Vec;
 
 namespace {
-
-// x in every lane, as one broadcast instruction (Vec{} + x would add 0 first: it is not x for x = -0).
-template <size_t... lane>
-inline Vec SplatLanes(float x, std::index_sequence<lane...>) {
-  return Vec{((void)lane, x)...};
-}
-inline Vec Splat(float x) { return SplatLanes(x, std::make_index_sequence<kLanes>()); }
 
 #ifdef __AVX512F__
 constexpr int64_t kRows = 12, kVectors = 2;  // 24 accumulators of 32 registers

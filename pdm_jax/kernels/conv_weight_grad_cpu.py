@@ -2,19 +2,16 @@
 
 pdm_jax/models/convolution.py's backward pass calls `weight_grad` when `usable` says the kernel applies (float32,
 one CPU device, output channels a multiple of 16, the kernel built here); otherwise it keeps its XLA formula.
-`PDM_JAX_CPU_CONV_KERNEL=0` in the environment, or tracing inside `xla_route()`, keeps the XLA formula everywhere.
+`PDM_JAX_CPU_CONV_KERNEL=0` in the environment, or tracing inside `conv_route.xla_route()`, keeps the XLA formula.
 """
-
-import contextlib
-import os
 
 import jax
 import jax.numpy as jnp
 
+from pdm_jax.kernels import conv_route
 from pdm_jax.kernels import native_build
 
 _TARGET = 'pdm_conv_weight_grad'
-_xla_route_depth = [0]  # > 0 inside xla_route()
 
 
 def unavailable_reason() -> str | None:
@@ -23,21 +20,10 @@ def unavailable_reason() -> str | None:
   return native_build.register('conv_weight_grad_cpu.cc', ((_TARGET, 'PdmConvWeightGrad'),))
 
 
-@contextlib.contextmanager
-def xla_route():
-  """Programs traced inside keep XLA's formula: for XLA's FLOP counts (it cannot see into the kernel) and for
-  memory analyses that stand for a GPU compile."""
-  _xla_route_depth[0] += 1
-  try:
-    yield
-  finally:
-    _xla_route_depth[0] -= 1
-
-
 def usable(x: jax.Array, dy: jax.Array) -> bool:
   """Whether weight_grad can compute this gradient here and is wanted. One device only: several would make XLA
   gather a sharded batch to call the kernel."""
-  if os.environ.get('PDM_JAX_CPU_CONV_KERNEL', '1') == '0' or _xla_route_depth[0]:
+  if not conv_route.kernels_wanted():
     return False
   return (x.dtype == dy.dtype == jnp.float32 and dy.shape[-1] % 16 == 0 and jax.default_backend() == 'cpu'
           and jax.device_count() == 1 and unavailable_reason() is None)

@@ -36,6 +36,46 @@ void ParallelFor(xla::ffi::ThreadPool& pool, int64_t count, const Body& body) {
   while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
 }
 
+// A Future already completed with `error` (or success): for handlers that return a Future and fail early.
+inline xla::ffi::Future Completed(const xla::ffi::Error& error) {
+  xla::ffi::Promise promise;
+  xla::ffi::Future future(promise);
+  if (error.success()) {
+    promise.SetAvailable();
+  } else {
+    promise.SetError(error);
+  }
+  return future;
+}
+
+// Like ParallelFor, but returns at once a Future that completes when the last item is done: the calling thread goes
+// back to XLA, which runs other ready work there, as it does around its own library convolutions. `body` is moved
+// into state the tasks share and must own everything it uses beyond the call's buffers (which XLA keeps until the
+// Future completes). A task that starts after the last item was claimed touches only that shared state.
+template <typename Scratch, typename Body>
+xla::ffi::Future ParallelForAsync(xla::ffi::ThreadPool& pool, int64_t count, Body body) {
+  if (count <= 0) return Completed(xla::ffi::Error::Success());
+  struct State {
+    State(int64_t count, Body body) : remaining(count), body(std::move(body)) {}
+    std::atomic<int64_t> next{0};
+    xla::ffi::CountDownPromise remaining;
+    Body body;
+  };
+  auto state = std::make_shared<State>(count, std::move(body));
+  xla::ffi::Future future(state->remaining);
+  const int64_t tasks = std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1), count);
+  for (int64_t i = 0; i < tasks; ++i) {
+    pool.Schedule([state, count]() {
+      thread_local Scratch scratch;  // kept between calls: no fresh pages to fault in per call
+      for (int64_t item; (item = state->next.fetch_add(1)) < count;) {
+        state->body(item, scratch);
+        state->remaining.CountDown();
+      }
+    });
+  }
+  return future;
+}
+
 }  // namespace pdm_jax
 
 #endif  // PDM_JAX_KERNELS_PARALLEL_FOR_H_

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 namespace pdm_jax {
 
@@ -16,6 +17,13 @@ inline Vec Load(const float* p) {
   return v;
 }
 inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
+
+// x in every lane, as one broadcast instruction (Vec{} + x would add 0 first: it is not x for x = -0).
+template <size_t... lane>
+inline Vec SplatLanes(float x, std::index_sequence<lane...>) {
+  return Vec{((void)lane, x)...};
+}
+inline Vec Splat(float x) { return SplatLanes(x, std::make_index_sequence<kLanes>()); }
 
 }  // namespace pdm_jax
 
