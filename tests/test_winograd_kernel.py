@@ -5,7 +5,7 @@ kernel panels are split among threads; that conv2d uses it exactly where it appl
 and runs under vmap and lax.scan.
 
 Tolerance: 5e-5 of the largest output entry. Winograd's transforms round differently from a direct convolution:
-measured ~1e-5 relative for 128 random channels, ~10x a direct float32 convolution's error."""
+measured 0.5-1.3e-5 of the largest output for 32-384 random input channels, 9-24x a direct float32 convolution's."""
 
 import jax
 import jax.numpy as jnp

@@ -23,15 +23,12 @@
 #include <vector>
 
 #include "parallel_for.h"
+#include "register_tile.h"
 #include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 using pdm_jax::kLanes;
-using pdm_jax::Load;
-using pdm_jax::Splat;
-using pdm_jax::Store;
-using pdm_jax::Vec;
 
 namespace {
 
@@ -75,30 +72,14 @@ void Segments(const Shape& s, int64_t i, int64_t j, int64_t line_begin, int64_t 
 // position p's rows at x + p * rows and dy + p * vectors * kLanes.
 template <int64_t rows, int64_t vectors>
 void Tile(const std::vector<Segment>& segments, const float* x, const float* dy, int64_t O, float* dw_tile) {
-  Vec acc[rows][vectors];
-#pragma GCC unroll 16
-  for (int64_t m = 0; m < rows; ++m)
-#pragma GCC unroll 4
-    for (int64_t v = 0; v < vectors; ++v) acc[m][v] = Load(dw_tile + m * O + v * kLanes);
+  pdm_jax::RegisterTile<rows, vectors> tile;
+  tile.Load(dw_tile, O);
   for (const Segment& segment : segments) {
     const float* xp = x + segment.x_row * rows;
     const float* dp = dy + segment.dy_row * vectors * kLanes;
-    for (int64_t n = 0; n < segment.count; ++n, xp += rows, dp += vectors * kLanes) {
-      Vec d[vectors];
-#pragma GCC unroll 4
-      for (int64_t v = 0; v < vectors; ++v) d[v] = Load(dp + v * kLanes);
-#pragma GCC unroll 16
-      for (int64_t m = 0; m < rows; ++m) {
-        const Vec a = Splat(xp[m]);
-#pragma GCC unroll 4
-        for (int64_t v = 0; v < vectors; ++v) acc[m][v] += a * d[v];
-      }
-    }
+    for (int64_t n = 0; n < segment.count; ++n, xp += rows, dp += vectors * kLanes) tile.template Step<1>(xp, dp);
   }
-#pragma GCC unroll 16
-  for (int64_t m = 0; m < rows; ++m)
-#pragma GCC unroll 4
-    for (int64_t v = 0; v < vectors; ++v) Store(dw_tile + m * O + v * kLanes, acc[m][v]);
+  tile.Store(dw_tile, O);
 }
 
 // Tile with the row count known at compile time: kRows, or the remainder of the channels.
