@@ -30,7 +30,7 @@ def usable(x: jax.Array, kernel: jax.Array, padding, transposed: bool = False) -
   if not conv_route.kernels_wanted():
     return False
   out_channels = kernel.shape[2] if transposed else kernel.shape[3]
-  # Images under 8 x 8 have one or two 4 x 4 tiles per image: too little work per image, and XLA was faster there.
+  # An image under 8 x 8 is at most four 4 x 4 tiles: too little work per kernel call, and XLA was as fast there.
   return (kernel.shape[:2] == (3, 3) and min(x.shape[1:3]) >= 8 and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
           and x.dtype == kernel.dtype == jnp.float32 and x.shape[-1] % 16 == 0 and out_channels % 32 == 0
           and jax.default_backend() == 'cpu' and jax.device_count() == 1 and unavailable_reason() is None)

@@ -8,7 +8,7 @@ convolutions, so every convolution of the step is a library one, in loops or not
 
 On one CPU device, C++ kernels take over where they apply: 3x3 'same' convolutions (the UNet's), their input and
 kernel gradients run Winograd's F(4x4, 3x3) (pdm_jax/kernels/winograd_cpu.cc: a quarter of the multiplications;
-the reference's train step 1.3-1.35x faster), and other kernel gradients a direct kernel
+the reference's train step 1.4-1.5x faster), and other kernel gradients a direct kernel
 (pdm_jax/kernels/conv_weight_grad_cpu.cc, 1.1-1.5x XLA's route alone). `PDM_JAX_CPU_CONV_KERNEL=0` in the
 environment keeps XLA's convolutions everywhere, e.g. to compare.
 """
