@@ -1,8 +1,9 @@
 """The C++ Winograd F(4x4, 3x3) convolution (kernels/winograd_cpu.cc): against float64 NumPy sums, for the forward
 convolution, the input gradient (`transposed`) and the kernel gradient, over image sizes that are and are not multiples of the
 4x4 tile, channel counts that fill and do not fill its register tiles and panels, and batches small enough that
-kernel panels are split among threads; that conv2d uses it exactly where it applies; that it repeats bit for bit
-and runs under vmap and lax.scan.
+kernel panels are split among threads; that conv2d uses it exactly where it applies; that a UNet's loss and
+gradients match XLA's convolutions' (the test suite's other models are too small for the kernel); that it repeats
+bit for bit and runs under vmap and lax.scan.
 
 Tolerance: 5e-5 of the largest output entry. Winograd's transforms round differently from a direct convolution:
 measured 0.5-1.3e-5 of the largest output for 32-384 random input channels, 9-24x a direct float32 convolution's."""
@@ -145,3 +146,30 @@ def test_runs_under_vmap_and_inside_a_scan():
   _assert_close(np.asarray(mapped).reshape(want.shape), want)
   scanned = jax.jit(lambda x: jax.lax.scan(lambda c, x: (c, convolution.conv2d(x, kernel, _SAME)), 0, x)[1])(x)
   _assert_close(np.asarray(scanned).reshape(want.shape), want)
+
+
+def test_a_unet_s_loss_and_gradients_agree_with_xla_s_convolutions(monkeypatch):
+  # The model-level wiring: a UNet whose 3x3 convolutions qualify (16x16 and 8x8 maps, 32 and 64 channels), its
+  # eps-MSE loss and every parameter's gradient with the kernels and with XLA's convolutions.
+  from pdm_jax.models import unet as unet_lib
+  model = unet_lib.UNet2D(block_out_channels=(32, 64), layers_per_block=1, down_block_types=('DownBlock2D',
+                          'AttnDownBlock2D'), up_block_types=('AttnUpBlock2D', 'UpBlock2D'), attention_head_dim=8,
+                          norm_num_groups=8)
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((2, 16, 16, 3)), jnp.float32)
+  noise = jnp.asarray(rng.standard_normal((2, 16, 16, 3)), jnp.float32)
+  t = jnp.array([10, 600])
+  params = model.init(jax.random.PRNGKey(0), x, t)
+  loss = lambda p: jnp.mean((model.apply(p, x, t) - noise) ** 2)
+  assert 'pdm_winograd_conv' in jax.jit(jax.value_and_grad(loss)).lower(params).as_text()
+  ours = jax.jit(jax.value_and_grad(loss))(params)
+  monkeypatch.setenv('PDM_JAX_CPU_CONV_KERNEL', '0')
+  loss_xla = lambda p: jnp.mean((model.apply(p, x, t) - noise) ** 2)  # a new function: a fresh trace
+  assert 'pdm_winograd_conv' not in jax.jit(jax.value_and_grad(loss_xla)).lower(params).as_text()
+  xla = jax.jit(jax.value_and_grad(loss_xla))(params)
+  np.testing.assert_allclose(ours[0], xla[0], rtol=1e-5)
+  # Per parameter, 1e-4 of its largest gradient; biases feeding a GroupNorm have gradients that are rounding noise
+  # (~1e-10), so also 1e-6 of the largest gradient of all.
+  largest = max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(xla[1]))
+  for got, want in zip(jax.tree.leaves(ours[1]), jax.tree.leaves(xla[1])):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(jnp.abs(want).max()) + 1e-6 * largest)
