@@ -384,9 +384,10 @@ def compare_torch(config, batch_size: int, mesh) -> dict:
       note=('*_torch_over_jax > 1: JAX is faster. FLOPs are XLA cost_analysis counts of the JAX programs with XLA '
             'routes in place of the C++ kernels (which the analysis cannot see into), used for both sides (the same '
             'network): a direct convolution\'s count, so for JAX\'s Winograd convolutions, which multiply less, '
-            'GFLOP/s are direct-convolution equivalents. The JAX step also updates an EMA of the parameters and computes norms; '
-            'torch_parameters - jax_parameters are the f_phi conv biases before BatchNorm, which ours drops. '
-            'load_average: 1-minute load before and after the timed steps; above the core count, times are noise.'))
+            'GFLOP/s are direct-convolution equivalents. The JAX step also updates an EMA of the parameters and '
+            'computes norms; torch_parameters - jax_parameters are the f_phi conv biases before BatchNorm, which '
+            'ours drops. load_average: 1-minute load before and after the timed steps; above the core count, times '
+            'are noise.'))
   return result
 
 
