@@ -6,6 +6,8 @@ for a GPU compile."""
 import contextlib
 import os
 
+import jax
+
 _xla_route_depth = [0]  # > 0 inside xla_route()
 
 
@@ -20,5 +22,7 @@ def xla_route():
 
 
 def kernels_wanted() -> bool:
-  """False under PDM_JAX_CPU_CONV_KERNEL=0 or inside xla_route(); the kernels' own `usable` checks the rest."""
-  return os.environ.get('PDM_JAX_CPU_CONV_KERNEL', '1') != '0' and not _xla_route_depth[0]
+  """True on one CPU device unless PDM_JAX_CPU_CONV_KERNEL=0 or inside xla_route(); the kernels' own `usable`
+  checks the shapes and dtypes. One device only: with several, XLA would gather a sharded batch to call a kernel."""
+  return (os.environ.get('PDM_JAX_CPU_CONV_KERNEL', '1') != '0' and not _xla_route_depth[0]
+          and jax.default_backend() == 'cpu' and jax.device_count() == 1)

@@ -21,12 +21,10 @@ def unavailable_reason() -> str | None:
 
 
 def usable(x: jax.Array, dy: jax.Array) -> bool:
-  """Whether weight_grad can compute this gradient here and is wanted. One device only: several would make XLA
-  gather a sharded batch to call the kernel."""
+  """Whether weight_grad can compute this gradient here and is wanted."""
   if not conv_route.kernels_wanted():
     return False
-  return (x.dtype == dy.dtype == jnp.float32 and dy.shape[-1] % 16 == 0 and jax.default_backend() == 'cpu'
-          and jax.device_count() == 1 and unavailable_reason() is None)
+  return x.dtype == dy.dtype == jnp.float32 and dy.shape[-1] % 16 == 0 and unavailable_reason() is None
 
 
 def weight_grad(x: jax.Array, dy: jax.Array, kernel_size: tuple[int, int], top: int, left: int) -> jax.Array:

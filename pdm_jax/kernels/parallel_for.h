@@ -12,6 +12,11 @@
 
 namespace pdm_jax {
 
+// Returns once `done` (counting finished work, with release stores) reaches `count`.
+inline void WaitFor(const std::atomic<int64_t>& done, int64_t count) {
+  while (done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+}
+
 // Runs body(item, scratch) for item in [0, count) on the caller and XLA's pool, with one default-constructed
 // Scratch (a task's reusable working memory) per task. Tasks claim items from a shared counter and the caller
 // returns once every item is done. The pool may run a task late, after that, or on the caller itself: a late task
@@ -33,7 +38,7 @@ void ParallelFor(xla::ffi::ThreadPool& pool, int64_t count, const Body& body) {
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work]() { work(); });
   work();
-  while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+  WaitFor(state->done, count);
 }
 
 // A Future already completed with `error` (or success): for handlers that return a Future and fail early.

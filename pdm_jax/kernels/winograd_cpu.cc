@@ -18,7 +18,6 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -55,6 +54,13 @@ struct Shape {
   int64_t tiles() const { return batch * tiles_h() * tiles_w(); }
 };
 
+// Where tile `tile` (counted in (b, th, tw) order) is: image b, rows [4 th, 4 th + 4), columns [4 tw, 4 tw + 4).
+struct TilePosition {
+  int64_t b, th, tw;
+  TilePosition(const Shape& s, int64_t tile)
+      : b(tile / s.tiles_w() / s.tiles_h()), th(tile / s.tiles_w() % s.tiles_h()), tw(tile % s.tiles_w()) {}
+};
+
 // BT d for six vectors at stride `step` (Lavin and Gray's F(4, 3) with points 0, +-1, +-2).
 inline void InputTransform(const Vec* d, int64_t step, Vec* out, int64_t out_step) {
   const Vec d0 = d[0], d1 = d[step], d2 = d[2 * step], d3 = d[3 * step], d4 = d[4 * step], d5 = d[5 * step];
@@ -88,6 +94,23 @@ inline void OutputTransform(const Vec* m, int64_t step, Vec* out, int64_t out_st
   out[out_step] = b + Splat(2.f) * e;
   out[2 * out_step] = a + Splat(4.f) * c;
   out[3 * out_step] = b + Splat(8.f) * e + m5;
+}
+
+// V = BT d B of input channels [16c, 16c + 16) of the tile at `at`: d is its 6x6 window from one row and column
+// before it, zeros outside the image.
+void TransformedInputTile(const Shape& s, const float* x, const TilePosition& at, int64_t c, Vec* v) {
+  Vec d[36], e[36];
+  for (int64_t i = 0; i < 6; ++i) {
+    const int64_t h = at.th * 4 - 1 + i;
+    for (int64_t j = 0; j < 6; ++j) {
+      const int64_t w = at.tw * 4 - 1 + j;
+      d[i * 6 + j] = (h >= 0 && h < s.height && w >= 0 && w < s.width)
+                         ? Load(x + ((at.b * s.height + h) * s.width + w) * s.in_channels + c * kLanes)
+                         : Vec{};
+    }
+  }
+  for (int64_t j = 0; j < 6; ++j) InputTransform(d + j, 6, e + j, 6);          // columns
+  for (int64_t i = 0; i < 6; ++i) InputTransform(e + i * 6, 1, v + i * 6, 1);  // rows
 }
 
 // y rows [0, rows) (stride O) (+)= A times the panel b (depth rows of kPanel), depth a multiple of kLanes. A's
@@ -158,26 +181,14 @@ struct Tiles {
 
 // V of every tile.
 void TransformInputs(const Shape& s, const float* x, const Tiles& tiles) {
-  const int64_t C = s.in_channels, chunks = C / kLanes, groups = tiles.groups();
-  const int64_t tiles_h = s.tiles_h(), tiles_w = s.tiles_w();
+  const int64_t chunks = s.in_channels / kLanes, groups = tiles.groups();
   for (int64_t t = 0; t < tiles.count; ++t) {
-    const int64_t tile = tiles.first + t, tw = tile % tiles_w, th = tile / tiles_w % tiles_h;
-    const int64_t b = tile / tiles_w / tiles_h, h0 = th * 4 - 1, w0 = tw * 4 - 1;
+    const TilePosition at(s, tiles.first + t);
     float* vt = tiles.v + (t / kRows) * chunks * kRows * kLanes + (t % kRows) * kLanes;
     for (int64_t c = 0; c < chunks; ++c) {
-      Vec d[36], e[36];
-      for (int64_t i = 0; i < 6; ++i) {
-        const int64_t h = h0 + i;
-        for (int64_t j = 0; j < 6; ++j) {
-          const int64_t w = w0 + j;
-          d[i * 6 + j] = (h >= 0 && h < s.height && w >= 0 && w < s.width)
-                             ? Load(x + ((b * s.height + h) * s.width + w) * C + c * kLanes)
-                             : Vec{};
-        }
-      }
-      for (int64_t j = 0; j < 6; ++j) InputTransform(d + j, 6, e + j, 6);          // columns
-      for (int64_t i = 0; i < 6; ++i) InputTransform(e + i * 6, 1, d + i * 6, 1);  // rows
-      for (int64_t f = 0; f < kFreqs; ++f) Store(vt + (f * groups * chunks + c) * kRows * kLanes, d[f]);
+      Vec v[36];
+      TransformedInputTile(s, x, at, c, v);
+      for (int64_t f = 0; f < kFreqs; ++f) Store(vt + (f * groups * chunks + c) * kRows * kLanes, v[f]);
     }
   }
 }
@@ -200,18 +211,17 @@ void Products(const Shape& s, const float* u, const Tiles& tiles, int64_t p_begi
 
 // y of every tile, output channels [o_begin, o_end), from their M.
 void TransformOutputs(const Shape& s, const Tiles& tiles, int64_t o_begin, int64_t o_end, float* y) {
-  const int64_t O = s.out_channels, tiles_h = s.tiles_h(), tiles_w = s.tiles_w();
+  const int64_t O = s.out_channels;
   for (int64_t t = 0; t < tiles.count; ++t) {
-    const int64_t tile = tiles.first + t, tw = tile % tiles_w, th = tile / tiles_w % tiles_h;
-    const int64_t b = tile / tiles_w / tiles_h;
+    const TilePosition at(s, tiles.first + t);
     for (int64_t c = o_begin / kLanes; c < o_end / kLanes; ++c) {
       Vec d[36], e[24], r[16];
       for (int64_t f = 0; f < kFreqs; ++f) d[f] = Load(tiles.m + (f * tiles.count + t) * O + c * kLanes);
       for (int64_t j = 0; j < 6; ++j) OutputTransform(d + j, 6, e + j, 6);          // columns: e is 4 x 6
       for (int64_t i = 0; i < 4; ++i) OutputTransform(e + i * 6, 1, r + i * 4, 1);  // rows: r is 4 x 4
-      for (int64_t i = 0; i < 4 && th * 4 + i < s.height; ++i) {
-        for (int64_t j = 0; j < 4 && tw * 4 + j < s.width; ++j) {
-          Store(y + ((b * s.height + th * 4 + i) * s.width + tw * 4 + j) * O + c * kLanes, r[i * 4 + j]);
+      for (int64_t i = 0; i < 4 && at.th * 4 + i < s.height; ++i) {
+        for (int64_t j = 0; j < 4 && at.tw * 4 + j < s.width; ++j) {
+          Store(y + ((at.b * s.height + at.th * 4 + i) * s.width + at.tw * 4 + j) * O + c * kLanes, r[i * 4 + j]);
         }
       }
     }
@@ -275,7 +285,7 @@ ffi::Future Conv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi:
           transformed->done.fetch_add(1, std::memory_order_release);
           return;
         }
-        while (transformed->done.load(std::memory_order_acquire) < panels) std::this_thread::yield();
+        pdm_jax::WaitFor(transformed->done, panels);
         const int64_t first = (item - panels) / splits * block, split = (item - panels) % splits;
         Block(s, xp, transformed->u.get(), first, std::min(block, tiles - first), panels * split / splits,
               panels * (split + 1) / splits, out, scratch);
@@ -323,34 +333,22 @@ struct Round {
 void TransformGradInputs(const Shape& s, const float* x, const float* dy, const Round& round, int64_t first_tile,
                          int64_t count, int64_t q) {
   const int64_t C = s.in_channels, O = s.out_channels, panels = O / kPanel;
-  const int64_t tiles_h = s.tiles_h(), tiles_w = s.tiles_w();
   for (int64_t l = 0; l < kLanes; ++l) {
-    const int64_t k = q * kLanes + l, tile = first_tile + k;
+    const int64_t k = q * kLanes + l;
     const bool present = k < count;
-    const int64_t tw = tile % tiles_w, th = tile / tiles_w % tiles_h, b = tile / tiles_w / tiles_h;
+    const TilePosition at(s, first_tile + k);
     for (int64_t c = 0; c < C / kLanes; ++c) {
-      Vec d[36] = {}, e[36];
-      if (present) {
-        for (int64_t i = 0; i < 6; ++i) {
-          const int64_t h = th * 4 - 1 + i;
-          for (int64_t j = 0; j < 6; ++j) {
-            const int64_t w = tw * 4 - 1 + j;
-            if (h >= 0 && h < s.height && w >= 0 && w < s.width)
-              d[i * 6 + j] = Load(x + ((b * s.height + h) * s.width + w) * C + c * kLanes);
-          }
-        }
-        for (int64_t j = 0; j < 6; ++j) InputTransform(d + j, 6, e + j, 6);
-        for (int64_t i = 0; i < 6; ++i) InputTransform(e + i * 6, 1, d + i * 6, 1);
-      }
-      for (int64_t f = 0; f < kFreqs; ++f) Store(round.v + (f * round.rows + k) * C + c * kLanes, d[f]);
+      Vec v[36] = {};
+      if (present) TransformedInputTile(s, x, at, c, v);
+      for (int64_t f = 0; f < kFreqs; ++f) Store(round.v + (f * round.rows + k) * C + c * kLanes, v[f]);
     }
     for (int64_t c = 0; c < O / kLanes; ++c) {
       Vec d[36] = {}, e[24];
       if (present) {
         Vec t[16] = {};
-        for (int64_t i = 0; i < 4 && th * 4 + i < s.height; ++i)
-          for (int64_t j = 0; j < 4 && tw * 4 + j < s.width; ++j)
-            t[i * 4 + j] = Load(dy + ((b * s.height + th * 4 + i) * s.width + tw * 4 + j) * O + c * kLanes);
+        for (int64_t i = 0; i < 4 && at.th * 4 + i < s.height; ++i)
+          for (int64_t j = 0; j < 4 && at.tw * 4 + j < s.width; ++j)
+            t[i * 4 + j] = Load(dy + ((at.b * s.height + at.th * 4 + i) * s.width + at.tw * 4 + j) * O + c * kLanes);
         for (int64_t j = 0; j < 4; ++j) GradOutputTransform(t + j, 4, e + j, 4);      // columns: e is 6 x 4
         for (int64_t i = 0; i < 6; ++i) GradOutputTransform(e + i * 4, 1, d + i * 6, 1);  // rows: d is 6 x 6
       }
@@ -387,25 +385,22 @@ ffi::Future WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   auto state = std::make_shared<State>(kFreqs * rows * C, kFreqs * O * rows, kFreqs * C * O);
   const float *xp = x.typed_data(), *dp = dy.typed_data();
   float* out = dw->typed_data();
-  auto wait = [](const std::atomic<int64_t>& done, int64_t count) {
-    while (done.load(std::memory_order_acquire) < count) std::this_thread::yield();
-  };
   return pdm_jax::ParallelForAsync<Scratch>(
       pool, tiles == 0 ? 0 : rounds * per_round + C / kLanes,
-      [s, xp, dp, out, state, tiles, rows, rounds, chunks, per_round, channel_groups, panels, wait](
+      [s, xp, dp, out, state, tiles, rows, rounds, chunks, per_round, channel_groups, panels](
           int64_t item, Scratch&) {
         const int64_t C = s.in_channels, O = s.out_channels;
         const Round round{rows, state->v.get(), state->dm.get()};
         if (item < rounds * per_round) {
           const int64_t r = item / per_round, j = item % per_round, first = r * rows;
           if (j < chunks) {
-            wait(state->multiplied, r * kFreqs);
+            pdm_jax::WaitFor(state->multiplied, r * kFreqs);
             TransformGradInputs(s, xp, dp, round, first, std::min(rows, tiles - first), j);
             state->transformed.fetch_add(1, std::memory_order_release);
             return;
           }
           const int64_t f = j - chunks;
-          wait(state->transformed, (r + 1) * chunks);
+          pdm_jax::WaitFor(state->transformed, (r + 1) * chunks);
           float* du = state->du.get() + f * C * O;
           for (int64_t g = 0; g < channel_groups; ++g)
             for (int64_t p = 0; p < panels; ++p)
@@ -415,7 +410,7 @@ ffi::Future WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
           state->multiplied.fetch_add(1, std::memory_order_release);
           return;
         }
-        wait(state->multiplied, rounds * kFreqs);
+        pdm_jax::WaitFor(state->multiplied, rounds * kFreqs);
         const int64_t c0 = (item - rounds * per_round) * kLanes;
         for (int64_t c = c0; c < c0 + kLanes; ++c) {
           for (int64_t o = 0; o < O; o += kLanes) {

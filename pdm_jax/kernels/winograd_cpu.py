@@ -24,6 +24,12 @@ def unavailable_reason() -> str | None:
                                                    (_WEIGHT_GRAD, 'PdmWinogradWeightGrad')))
 
 
+def _require_built() -> None:
+  reason = unavailable_reason()
+  if reason is not None:
+    raise ValueError(f'the C++ Winograd convolution is unavailable: {reason}')
+
+
 def usable(x: jax.Array, kernel: jax.Array, padding, transposed: bool = False) -> bool:
   """Whether conv can compute this convolution here and is wanted: conv2d(x, kernel, padding), or with
   `transposed` the input gradient of a convolution with `kernel`."""
@@ -33,7 +39,7 @@ def usable(x: jax.Array, kernel: jax.Array, padding, transposed: bool = False) -
   # An image under 8 x 8 is at most four 4 x 4 tiles: too little work per kernel call, and XLA was as fast there.
   return (kernel.shape[:2] == (3, 3) and min(x.shape[1:3]) >= 8 and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
           and x.dtype == kernel.dtype == jnp.float32 and x.shape[-1] % 16 == 0 and out_channels % 32 == 0
-          and jax.default_backend() == 'cpu' and jax.device_count() == 1 and unavailable_reason() is None)
+          and unavailable_reason() is None)
 
 
 def conv(x: jax.Array, kernel: jax.Array, transposed: bool = False) -> jax.Array:
@@ -41,9 +47,7 @@ def conv(x: jax.Array, kernel: jax.Array, transposed: bool = False) -> jax.Array
   `transposed`, the input gradient of a 'same' convolution with a (3, 3, O, C) kernel: x plays dy, the result dx.
   Not differentiable itself (convolution.py defines the gradients). Raises a one-line ValueError if the kernel
   cannot be built here."""
-  reason = unavailable_reason()
-  if reason is not None:
-    raise ValueError(f'the C++ Winograd convolution is unavailable: {reason}')
+  _require_built()
   out = jax.ShapeDtypeStruct((*x.shape[:3], kernel.shape[2] if transposed else kernel.shape[3]), jnp.float32)
   return jax.ffi.ffi_call(_TARGET, out, vmap_method='sequential')(x, kernel, transposed=bool(transposed))
 
@@ -51,8 +55,6 @@ def conv(x: jax.Array, kernel: jax.Array, transposed: bool = False) -> jax.Array
 def weight_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
   """d(loss)/d(kernel) of y = conv(x, kernel) for a 3x3 kernel and 'same' padding: x (B, H, W, C), dy (B, H, W, O)
   -> (3, 3, C, O). Not differentiable itself. Raises a one-line ValueError if the kernel cannot be built here."""
-  reason = unavailable_reason()
-  if reason is not None:
-    raise ValueError(f'the C++ Winograd convolution is unavailable: {reason}')
+  _require_built()
   out = jax.ShapeDtypeStruct((3, 3, x.shape[-1], dy.shape[-1]), jnp.float32)
   return jax.ffi.ffi_call(_WEIGHT_GRAD, out, vmap_method='sequential')(x, dy)
